@@ -1,0 +1,1 @@
+//! baton-cache (placeholder until its issue lands).

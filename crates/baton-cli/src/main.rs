@@ -1,0 +1,43 @@
+//! The `baton` command-line tool.
+//!
+//! This binary is the only place that sets up logging, colours and exit codes
+//! (ARCHITECTURE.md). Each subcommand lives in its own module.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Baton runs commands for people, build tools and coding agents, streams what
+/// they print without losing a byte, and never runs the same task twice.
+#[derive(Debug, Parser)]
+#[command(name = "baton", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a task of the current package, of named packages, or of every package (`-r`).
+    Run(Box<run::RunArgs>),
+    /// Inspect or clear the local task cache.
+    Cache(cache_cmd::CacheArgs),
+}
+
+mod cache_cmd;
+mod run;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run::main(*args),
+        Command::Cache(args) => cache_cmd::main(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("baton: error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}

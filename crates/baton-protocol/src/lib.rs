@@ -1,0 +1,1 @@
+//! baton-protocol (placeholder until its issue lands).

@@ -1,0 +1,1 @@
+//! baton-rpc (placeholder until its issue lands).

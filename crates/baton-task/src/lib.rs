@@ -1,0 +1,1 @@
+//! baton-task (placeholder until its issue lands).

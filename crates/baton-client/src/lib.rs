@@ -1,0 +1,1 @@
+//! baton-client (being built; see issue 3).

@@ -1,0 +1,1 @@
+//! baton-server (being built; see issue 3).

@@ -1,0 +1,122 @@
+//! The child side: runs between `fork` and `exec`, installs the filter and hands the listener over.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use libc::{c_int, c_void, sock_filter, sock_fprog};
+
+/// The part of a [`Tracer`](crate::Tracer) that runs in the child process.
+///
+/// It holds the BPF program and one end of a `socketpair(AF_UNIX, SOCK_SEQPACKET)` whose other end
+/// belongs to the [`Supervisor`](crate::Supervisor); everything is allocated when the tracer is
+/// created, so [`ChildHook::install`] allocates nothing and only makes raw system calls. It is
+/// `Send + Sync + 'static` so it can be moved into a `pre_exec` closure.
+///
+/// One hook traces one child (and all its descendants); spawning a second child with the same hook
+/// hands the supervisor a second listener, which it closes — that child's traced calls then fail
+/// with `ENOSYS`.
+#[derive(Debug)]
+pub struct ChildHook {
+    program: Box<[sock_filter]>,
+    sock: OwnedFd,
+}
+
+// SAFETY: `sock_filter` is plain data (no pointers); the hook is only read.
+unsafe impl Send for ChildHook {}
+// SAFETY: as above; `install` takes `&self` and mutates nothing.
+unsafe impl Sync for ChildHook {}
+
+impl ChildHook {
+    pub(crate) fn new(program: Vec<sock_filter>, sock: OwnedFd) -> ChildHook {
+        ChildHook {
+            program: program.into_boxed_slice(),
+            sock,
+        }
+    }
+
+    /// Installs the tracing filter on the calling process and sends the notification listener to the
+    /// supervisor. Call it in the child between `fork` and `exec` (e.g. from
+    /// `std::os::unix::process::CommandExt::pre_exec`); the filter is inherited by every thread,
+    /// child and `exec` of the process from then on, and cannot be removed.
+    ///
+    /// Steps: `prctl(PR_SET_NO_NEW_PRIVS, 1)`, `seccomp(SECCOMP_SET_MODE_FILTER,
+    /// SECCOMP_FILTER_FLAG_NEW_LISTENER, prog)`, `sendmsg` of the listener fd with `SCM_RIGHTS`, `close`.
+    /// All are async-signal-safe; nothing is allocated.
+    ///
+    /// # Errors
+    /// The OS error of the failing step: `EBUSY` from `seccomp` when an ancestor already holds a
+    /// notification listener, `EPERM`/`EACCES`/`ENOSYS`/`EINVAL` when seccomp is denied or missing,
+    /// `EPIPE`/`ECONNREFUSED` from `sendmsg` when the supervisor is gone.
+    ///
+    /// # Safety
+    /// Only call this in a freshly forked child that is about to `exec`. Called in the process that
+    /// owns the [`Supervisor`](crate::Supervisor), it would make that process trace itself and
+    /// deadlock as soon as the supervisor thread makes a traced call.
+    pub unsafe fn install(&self) -> io::Result<()> {
+        // SAFETY: plain prctl with integer arguments.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let prog = sock_fprog {
+            len: u16::try_from(self.program.len()).unwrap_or(u16::MAX),
+            filter: self.program.as_ptr().cast_mut(),
+        };
+        // SAFETY: `prog` points at a valid program that outlives the call; the kernel copies it.
+        let listener = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+                &raw const prog,
+            )
+        };
+        if listener < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let listener = listener as c_int;
+        let sent = send_fd(self.sock.as_raw_fd(), listener);
+        // SAFETY: `listener` is the fd the kernel just returned to us; the supervisor has its own copy.
+        unsafe { libc::close(listener) };
+        sent
+    }
+}
+
+/// Sends `fd` over the `SOCK_SEQPACKET` socket `sock` with one byte of payload. No allocation.
+fn send_fd(sock: c_int, fd: c_int) -> io::Result<()> {
+    // A cmsg buffer for one fd: CMSG_SPACE(4) is 24 on 64-bit Linux; 64 bytes with u64 alignment.
+    let mut cbuf = [0u64; 8];
+    let mut payload = [b'L'];
+    let mut iov = libc::iovec {
+        iov_base: payload.as_mut_ptr().cast::<c_void>(),
+        iov_len: 1,
+    };
+    // SAFETY: zeroed msghdr is valid; fields are set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast::<c_void>();
+    // SAFETY: CMSG_SPACE is a pure computation.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<c_int>() as u32) } as _;
+    // SAFETY: msg_control points at a buffer of at least msg_controllen bytes, so the first header fits.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+        if cmsg.is_null() {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<c_int>() as u32) as _;
+        libc::CMSG_DATA(cmsg).cast::<c_int>().write_unaligned(fd);
+    }
+    loop {
+        // SAFETY: msg and everything it points to are live for the call.
+        let n = unsafe { libc::sendmsg(sock, &raw const msg, libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            return Err(err);
+        }
+    }
+}

@@ -1,0 +1,609 @@
+//! The supervisor side: a thread that receives seccomp notifications, records what they touch and
+//! lets every call continue.
+
+use std::ffi::OsString;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+use libc::{c_int, c_void};
+
+use crate::TraceError;
+use crate::filter::{NATIVE_ARCH, Sys, sys_of};
+use crate::log::{AccessKind, AccessLog};
+use crate::path::join_normalize;
+
+/// Collects the [`AccessLog`] of one traced child and its whole tree, on a background thread.
+///
+/// Created by [`start`](crate::start) together with its [`ChildHook`](crate::ChildHook). The thread
+/// first waits for the hook to hand over the notification listener, then answers every traced system
+/// call with `SECCOMP_USER_NOTIF_FLAG_CONTINUE` after recording it; it never blocks a tracee for more
+/// than a few reads of `/proc` and the tracee's memory.
+///
+/// Dropping a supervisor without calling [`finish`](Supervisor::finish) or
+/// [`wait_tree`](Supervisor::wait_tree) stops the thread (as `finish` does) and discards the log.
+#[derive(Debug)]
+pub struct Supervisor {
+    stop: Option<OwnedFd>,
+    thread: Option<JoinHandle<io::Result<AccessLog>>>,
+}
+
+impl Supervisor {
+    pub(crate) fn spawn(sock: OwnedFd) -> Result<Supervisor, TraceError> {
+        let (stop_r, stop_w) = pipe().map_err(|source| TraceError::Setup {
+            step: "pipe",
+            source,
+        })?;
+        let thread = std::thread::Builder::new()
+            .name("baton-trace".into())
+            .spawn(move || run(sock, stop_r))
+            .map_err(|source| TraceError::Setup {
+                step: "spawn supervisor thread",
+                source,
+            })?;
+        Ok(Supervisor {
+            stop: Some(stop_w),
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops now and returns the log. Call it once the traced child has exited (and its tree has
+    /// exited or been killed): every call the child made before exiting has been recorded by then.
+    /// Notifications already queued are still handled; a descendant that is still running afterwards
+    /// gets `ENOSYS` from every traced system call.
+    ///
+    /// # Errors
+    /// [`TraceError::Supervisor`] when receiving notifications failed (the log is lost), or
+    /// [`TraceError::Panicked`].
+    pub fn finish(mut self) -> Result<AccessLog, TraceError> {
+        drop(self.stop.take());
+        self.join()
+    }
+
+    /// Waits until no process uses the filter any more — the child and every descendant, including
+    /// ones that outlived it, have exited and been reaped — and returns the log. If the hook never ran
+    /// it returns an empty log once the hook has been dropped; while an unused hook is still alive it
+    /// waits.
+    ///
+    /// # Errors
+    /// As [`finish`](Supervisor::finish).
+    pub fn wait_tree(mut self) -> Result<AccessLog, TraceError> {
+        let log = self.join();
+        drop(self.stop.take());
+        log
+    }
+
+    fn join(&mut self) -> Result<AccessLog, TraceError> {
+        let thread = self.thread.take().ok_or(TraceError::Panicked)?;
+        match thread.join() {
+            Ok(Ok(log)) => Ok(log),
+            Ok(Err(source)) => Err(TraceError::Supervisor(source)),
+            Err(_) => Err(TraceError::Panicked),
+        }
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        // Closing the write end wakes the thread, which stops on its own; it is not joined here so
+        // that dropping never blocks.
+        drop(self.stop.take());
+    }
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as c_int; 2];
+    // SAFETY: `fds` is a valid out-array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// How many notifications are still handled after a stop request, so a busy stray process cannot
+/// keep the supervisor alive.
+const DRAIN_LIMIT: usize = 10_000;
+
+fn run(sock: OwnedFd, stop: OwnedFd) -> io::Result<AccessLog> {
+    let mut log = AccessLog::default();
+    let Some(listener) = receive_listener(&sock, &stop)? else {
+        return Ok(log);
+    };
+    // Further listeners (a second child spawned with the same hook) now fail to be sent, so that
+    // child's spawn fails instead of running untraced.
+    drop(sock);
+    let mut notifier = Notifier::new(listener)?;
+    loop {
+        let mut fds = [
+            pollfd(notifier.fd(), libc::POLLIN),
+            pollfd(stop.as_raw_fd(), libc::POLLIN),
+        ];
+        poll(&mut fds, -1)?;
+        if fds[1].revents != 0 {
+            for _ in 0..DRAIN_LIMIT {
+                let mut pending = [pollfd(notifier.fd(), libc::POLLIN)];
+                poll(&mut pending, 0)?;
+                if pending[0].revents & libc::POLLIN == 0 {
+                    break;
+                }
+                notifier.handle_one(&mut log)?;
+            }
+            return Ok(log);
+        }
+        if fds[0].revents & libc::POLLIN != 0 {
+            notifier.handle_one(&mut log)?;
+        } else if fds[0].revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+            return Ok(log);
+        }
+    }
+}
+
+fn pollfd(fd: RawFd, events: i16) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }
+}
+
+fn poll(fds: &mut [libc::pollfd], timeout_ms: c_int) -> io::Result<()> {
+    loop {
+        // SAFETY: `fds` is a valid slice of pollfd.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        if r >= 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            return Err(err);
+        }
+    }
+}
+
+/// Waits for the child to send the listener fd; `None` when the stop pipe closed or every copy of the
+/// hook's socket end is gone without a listener being sent.
+fn receive_listener(sock: &OwnedFd, stop: &OwnedFd) -> io::Result<Option<OwnedFd>> {
+    loop {
+        let mut fds = [
+            pollfd(sock.as_raw_fd(), libc::POLLIN),
+            pollfd(stop.as_raw_fd(), libc::POLLIN),
+        ];
+        poll(&mut fds, -1)?;
+        if fds[0].revents & libc::POLLIN != 0 {
+            return recv_fd(sock.as_raw_fd());
+        }
+        if fds[0].revents != 0 || fds[1].revents != 0 {
+            return Ok(None);
+        }
+    }
+}
+
+fn recv_fd(sock: RawFd) -> io::Result<Option<OwnedFd>> {
+    let mut cbuf = [0u64; 8];
+    let mut payload = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: payload.as_mut_ptr().cast::<c_void>(),
+        iov_len: 1,
+    };
+    // SAFETY: zeroed msghdr is valid; fields are set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast::<c_void>();
+    msg.msg_controllen = size_of_val(&cbuf) as _;
+    let n = loop {
+        // SAFETY: msg and the buffers it points to are live for the call.
+        let n = unsafe { libc::recvmsg(sock, &raw mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n >= 0 {
+            break n;
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            return Err(err);
+        }
+    };
+    if n == 0 {
+        return Ok(None);
+    }
+    // SAFETY: the kernel filled msg_control with msg_controllen bytes of well-formed cmsgs.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+        if cmsg.is_null()
+            || (*cmsg).cmsg_level != libc::SOL_SOCKET
+            || (*cmsg).cmsg_type != libc::SCM_RIGHTS
+        {
+            return Ok(None);
+        }
+        let fd = libc::CMSG_DATA(cmsg).cast::<c_int>().read_unaligned();
+        Ok(Some(OwnedFd::from_raw_fd(fd)))
+    }
+}
+
+/// Why one path or peer of a notification could not be determined.
+enum Miss {
+    Memory,
+    Base,
+}
+
+/// Longest path the kernel accepts, including the NUL (`PATH_MAX`).
+const PATH_MAX: usize = 4096;
+/// `process_vm_readv` transfers whole iovecs only, so reads are split at this boundary (the smallest
+/// page size; a larger real page size only makes the split finer than needed).
+const CHUNK: usize = 4096;
+
+struct Notifier {
+    listener: OwnedFd,
+    /// Receive buffer, sized by `SECCOMP_GET_NOTIF_SIZES` (the kernel may know a larger struct).
+    buf: Vec<u64>,
+    path_buf: Vec<u8>,
+    events: Vec<(PathBuf, AccessKind)>,
+    connects: Vec<SocketAddr>,
+    miss_memory: u64,
+    miss_base: u64,
+}
+
+impl Notifier {
+    fn new(listener: OwnedFd) -> io::Result<Notifier> {
+        let mut sizes = libc::seccomp_notif_sizes {
+            seccomp_notif: 0,
+            seccomp_notif_resp: 0,
+            seccomp_data: 0,
+        };
+        // SAFETY: `sizes` is a valid out-pointer for SECCOMP_GET_NOTIF_SIZES.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_GET_NOTIF_SIZES,
+                0,
+                &raw mut sizes,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let bytes = usize::from(sizes.seccomp_notif).max(size_of::<libc::seccomp_notif>());
+        Ok(Notifier {
+            listener,
+            buf: vec![0; bytes.div_ceil(8)],
+            path_buf: vec![0; PATH_MAX],
+            events: Vec::new(),
+            connects: Vec::new(),
+            miss_memory: 0,
+            miss_base: 0,
+        })
+    }
+
+    fn fd(&self) -> RawFd {
+        self.listener.as_raw_fd()
+    }
+
+    /// Receives one notification, records it and lets the call continue.
+    fn handle_one(&mut self, log: &mut AccessLog) -> io::Result<()> {
+        self.buf.fill(0);
+        // SAFETY: `buf` is zeroed (the kernel requires it) and at least as large as the kernel's
+        // `struct seccomp_notif`.
+        let r = unsafe {
+            libc::ioctl(
+                self.fd(),
+                libc::SECCOMP_IOCTL_NOTIF_RECV,
+                self.buf.as_mut_ptr(),
+            )
+        };
+        if r != 0 {
+            let err = io::Error::last_os_error();
+            return match err.raw_os_error() {
+                // The tracee was killed or interrupted between poll and receive.
+                Some(libc::ENOENT | libc::EINTR) => Ok(()),
+                _ => Err(err),
+            };
+        }
+        // SAFETY: the buffer holds a `seccomp_notif` written by the kernel; u64 alignment suffices.
+        let notif: libc::seccomp_notif =
+            unsafe { self.buf.as_ptr().cast::<libc::seccomp_notif>().read() };
+        log.notifications += 1;
+        self.events.clear();
+        self.connects.clear();
+        self.miss_memory = 0;
+        self.miss_base = 0;
+        let sys = (notif.data.arch == NATIVE_ARCH)
+            .then(|| sys_of(notif.data.nr))
+            .flatten();
+        match sys {
+            None => log.unresolved.foreign_abi += 1,
+            Some(sys) => {
+                self.decode(notif.pid, sys, &notif.data.args);
+                if self.id_valid(notif.id) {
+                    for (path, kind) in self.events.drain(..) {
+                        log.record(path, kind);
+                    }
+                    for addr in self.connects.drain(..) {
+                        log.record_connect(addr);
+                    }
+                    log.unresolved.memory += self.miss_memory;
+                    log.unresolved.base += self.miss_base;
+                } else {
+                    log.unresolved.stale += 1;
+                }
+            }
+        }
+        self.respond(notif.id);
+        Ok(())
+    }
+}
+
+/// `AT_FDCWD` as it arrives in a 64-bit argument register (the low 32 bits are the `int`).
+fn dirfd_arg(arg: u64) -> c_int {
+    arg as u32 as c_int
+}
+
+impl Notifier {
+    fn respond(&self, id: u64) {
+        let resp = libc::seccomp_notif_resp {
+            id,
+            val: 0,
+            error: 0,
+            flags: libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32,
+        };
+        // SAFETY: `resp` is a valid `seccomp_notif_resp`. An error means the tracee is gone
+        // (`ENOENT`); nothing else can be done about it, so it is ignored.
+        unsafe { libc::ioctl(self.fd(), libc::SECCOMP_IOCTL_NOTIF_SEND, &raw const resp) };
+    }
+
+    /// Whether notification `id` is still pending, i.e. the pid it names is still the process that
+    /// made the call (checked after reading `/proc/PID/…` and its memory, so a recycled pid is noticed).
+    fn id_valid(&self, id: u64) -> bool {
+        // SAFETY: `id` is a valid u64 input for SECCOMP_IOCTL_NOTIF_ID_VALID.
+        unsafe { libc::ioctl(self.fd(), libc::SECCOMP_IOCTL_NOTIF_ID_VALID, &raw const id) == 0 }
+    }
+
+    fn decode(&mut self, pid: u32, sys: Sys, a: &[u64; 6]) {
+        use AccessKind as K;
+        const CWD: u64 = libc::AT_FDCWD as u32 as u64;
+        match sys {
+            Sys::Open => self.open(pid, CWD, a[0], a[1]),
+            Sys::OpenAt => self.open(pid, a[0], a[1], a[2]),
+            Sys::OpenAt2 => {
+                // `struct open_how` starts with `u64 flags`; a3 is its size (at least 24).
+                let mut flags = [0u8; 8];
+                if a[3] >= 8 && self.read_mem(pid, a[2], &mut flags) {
+                    self.open(pid, a[0], a[1], u64::from_ne_bytes(flags));
+                } else {
+                    self.miss_memory += 1;
+                }
+            }
+            Sys::Creat | Sys::Truncate => self.path(pid, CWD, a[0], 0, K::Write),
+            Sys::Stat | Sys::Lstat | Sys::Access => self.path(pid, CWD, a[0], 0, K::Stat),
+            Sys::NewFstatAt | Sys::FaccessAt2 => self.path(pid, a[0], a[1], a[3], K::Stat),
+            Sys::Statx => self.path(pid, a[0], a[1], a[2], K::Stat),
+            Sys::FaccessAt => self.path(pid, a[0], a[1], 0, K::Stat),
+            Sys::Readlink => self.path(pid, CWD, a[0], 0, K::ReadLink),
+            // readlinkat accepts an empty path for the fd itself (no flag needed).
+            Sys::ReadlinkAt => self.path(pid, a[0], a[1], libc::AT_EMPTY_PATH as u64, K::ReadLink),
+            Sys::Getdents | Sys::Getdents64 => match fd_path(pid, dirfd_arg(a[0])) {
+                Some(path) => self.events.push((path, K::List)),
+                None => self.miss_base += 1,
+            },
+            Sys::Execve => self.path(pid, CWD, a[0], 0, K::Exec),
+            Sys::ExecveAt => self.path(pid, a[0], a[1], a[4], K::Exec),
+            Sys::Rename => {
+                self.path(pid, CWD, a[0], 0, K::RenameFrom);
+                self.path(pid, CWD, a[1], 0, K::RenameTo);
+            }
+            Sys::RenameAt | Sys::RenameAt2 => {
+                let flags = if sys == Sys::RenameAt2 { a[4] } else { 0 };
+                self.path(pid, a[0], a[1], 0, K::RenameFrom);
+                self.path(pid, a[2], a[3], 0, K::RenameTo);
+                if flags & u64::from(libc::RENAME_EXCHANGE) != 0 {
+                    self.path(pid, a[0], a[1], 0, K::RenameTo);
+                    self.path(pid, a[2], a[3], 0, K::RenameFrom);
+                }
+            }
+            Sys::Unlink | Sys::Rmdir => self.path(pid, CWD, a[0], 0, K::Remove),
+            Sys::UnlinkAt => self.path(pid, a[0], a[1], 0, K::Remove),
+            Sys::Mkdir => self.path(pid, CWD, a[0], 0, K::CreateDir),
+            Sys::MkdirAt => self.path(pid, a[0], a[1], 0, K::CreateDir),
+            Sys::Link => {
+                self.path(pid, CWD, a[0], 0, K::Stat);
+                self.path(pid, CWD, a[1], 0, K::Write);
+            }
+            Sys::LinkAt => {
+                self.path(pid, a[0], a[1], a[4], K::Stat);
+                self.path(pid, a[2], a[3], 0, K::Write);
+            }
+            Sys::Symlink => self.path(pid, CWD, a[1], 0, K::Write),
+            Sys::SymlinkAt => self.path(pid, a[1], a[2], 0, K::Write),
+            Sys::Connect => self.connect(pid, a[1], a[2]),
+        }
+    }
+
+    /// Records an `open`-style call by its flags.
+    fn open(&mut self, pid: u32, dirfd: u64, path: u64, flags: u64) {
+        let flags = flags as u32 as c_int;
+        let acc = flags & libc::O_ACCMODE;
+        let kinds: &[AccessKind] = if flags & libc::O_TMPFILE == libc::O_TMPFILE {
+            // An unnamed file in that directory; it gets a name (and a write) with linkat.
+            &[AccessKind::Stat]
+        } else if flags & libc::O_PATH != 0 {
+            &[AccessKind::Stat]
+        } else if acc == libc::O_WRONLY || flags & (libc::O_CREAT | libc::O_TRUNC) != 0 {
+            if acc == libc::O_RDWR && flags & libc::O_TRUNC == 0 {
+                &[AccessKind::Read, AccessKind::Write]
+            } else {
+                &[AccessKind::Write]
+            }
+        } else if acc == libc::O_RDWR {
+            &[AccessKind::Read, AccessKind::Write]
+        } else if flags & libc::O_DIRECTORY != 0 {
+            &[AccessKind::Stat]
+        } else {
+            &[AccessKind::Read]
+        };
+        let before = self.events.len();
+        self.path(pid, dirfd, path, 0, kinds[0]);
+        if self.events.len() > before
+            && let Some((resolved, _)) = self.events.last().cloned()
+        {
+            for kind in &kinds[1..] {
+                self.events.push((resolved.clone(), *kind));
+            }
+        }
+    }
+
+    /// Records `kind` for the path at `path_ptr` relative to `dirfd`; `flags` may carry
+    /// `AT_EMPTY_PATH`, which makes an empty path name the fd itself.
+    fn path(&mut self, pid: u32, dirfd: u64, path_ptr: u64, flags: u64, kind: AccessKind) {
+        match self.resolve(
+            pid,
+            dirfd_arg(dirfd),
+            path_ptr,
+            flags & libc::AT_EMPTY_PATH as u64 != 0,
+        ) {
+            Ok(Some(path)) => self.events.push((path, kind)),
+            // An empty path without AT_EMPTY_PATH fails with ENOENT: nothing was touched.
+            Ok(None) => {}
+            Err(Miss::Memory) => self.miss_memory += 1,
+            Err(Miss::Base) => self.miss_base += 1,
+        }
+    }
+
+    fn resolve(
+        &mut self,
+        pid: u32,
+        dirfd: c_int,
+        path_ptr: u64,
+        empty_ok: bool,
+    ) -> Result<Option<PathBuf>, Miss> {
+        let len = self.read_cstr(pid, path_ptr).ok_or(Miss::Memory)?;
+        let rel = &self.path_buf[..len];
+        if rel.first() == Some(&b'/') {
+            return Ok(Some(join_normalize(Path::new("/"), rel)));
+        }
+        if rel.is_empty() && !empty_ok {
+            return Ok(None);
+        }
+        let base = if dirfd == libc::AT_FDCWD {
+            proc_link(pid, "cwd")
+        } else {
+            fd_path(pid, dirfd)
+        };
+        let base = base.ok_or(Miss::Base)?;
+        Ok(Some(join_normalize(&base, rel)))
+    }
+
+    /// Reads a NUL-terminated string at `addr` of process `pid` into `path_buf`; its length.
+    fn read_cstr(&mut self, pid: u32, addr: u64) -> Option<usize> {
+        if addr == 0 {
+            return None;
+        }
+        let addr = usize::try_from(addr).ok()?;
+        let first = (CHUNK - addr % CHUNK).min(PATH_MAX);
+        let remote = [
+            libc::iovec {
+                iov_base: addr as *mut c_void,
+                iov_len: first,
+            },
+            libc::iovec {
+                iov_base: addr.wrapping_add(first) as *mut c_void,
+                iov_len: PATH_MAX - first,
+            },
+        ];
+        let count = if first == PATH_MAX { 1 } else { 2 };
+        let local = libc::iovec {
+            iov_base: self.path_buf.as_mut_ptr().cast::<c_void>(),
+            iov_len: PATH_MAX,
+        };
+        // SAFETY: the local iovec covers `path_buf` exactly; remote addresses are only read by the kernel.
+        let n = unsafe {
+            libc::process_vm_readv(
+                pid as libc::pid_t,
+                &raw const local,
+                1,
+                remote.as_ptr(),
+                count,
+                0,
+            )
+        };
+        let n = usize::try_from(n).ok()?;
+        self.path_buf[..n].iter().position(|b| *b == 0)
+    }
+
+    /// Reads exactly `out.len()` bytes at `addr` of process `pid`.
+    fn read_mem(&self, pid: u32, addr: u64, out: &mut [u8]) -> bool {
+        let Ok(addr) = usize::try_from(addr) else {
+            return false;
+        };
+        let local = libc::iovec {
+            iov_base: out.as_mut_ptr().cast::<c_void>(),
+            iov_len: out.len(),
+        };
+        let remote = libc::iovec {
+            iov_base: addr as *mut c_void,
+            iov_len: out.len(),
+        };
+        // SAFETY: the local iovec covers `out` exactly; the remote one is only read by the kernel.
+        let n = unsafe {
+            libc::process_vm_readv(
+                pid as libc::pid_t,
+                &raw const local,
+                1,
+                &raw const remote,
+                1,
+                0,
+            )
+        };
+        usize::try_from(n).is_ok_and(|n| n == out.len())
+    }
+
+    /// Records the peer of a `connect` on an `AF_INET`/`AF_INET6` socket; other families are ignored.
+    fn connect(&mut self, pid: u32, addr: u64, len: u64) {
+        let mut raw = [0u8; 28];
+        let len = usize::try_from(len).unwrap_or(0).min(raw.len());
+        if len < 2 {
+            return;
+        }
+        if !self.read_mem(pid, addr, &mut raw[..len]) {
+            self.miss_memory += 1;
+            return;
+        }
+        let family = c_int::from(u16::from_ne_bytes([raw[0], raw[1]]));
+        let port = u16::from_be_bytes([raw[2], raw[3]]);
+        let peer = match family {
+            libc::AF_INET if len >= 8 => SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::new(raw[4], raw[5], raw[6], raw[7]),
+                port,
+            )),
+            libc::AF_INET6 if len >= 24 => {
+                let flowinfo = u32::from_be_bytes([raw[4], raw[5], raw[6], raw[7]]);
+                let mut ip = [0u8; 16];
+                ip.copy_from_slice(&raw[8..24]);
+                let scope = if len >= 28 {
+                    u32::from_ne_bytes([raw[24], raw[25], raw[26], raw[27]])
+                } else {
+                    0
+                };
+                SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(ip), port, flowinfo, scope))
+            }
+            _ => return,
+        };
+        self.connects.push(peer);
+    }
+}
+
+/// The absolute path an open fd of `pid` refers to, if it names one (not a socket, pipe, …).
+fn fd_path(pid: u32, fd: c_int) -> Option<PathBuf> {
+    if fd < 0 {
+        return None;
+    }
+    proc_link(pid, &format!("fd/{fd}"))
+}
+
+/// Reads the `/proc/PID/<name>` symlink; `None` unless it is an absolute path.
+fn proc_link(pid: u32, name: &str) -> Option<PathBuf> {
+    let target = std::fs::read_link(format!("/proc/{pid}/{name}")).ok()?;
+    let bytes = OsString::from(target).into_vec();
+    (bytes.first() == Some(&b'/')).then(|| PathBuf::from(OsString::from_vec(bytes)))
+}

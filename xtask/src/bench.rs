@@ -1,0 +1,853 @@
+//! `cargo xtask bench`: times Baton against Turborepo, Nx, vite-task (`vp`) and a hand-written
+//! scheduler on generated pnpm workspaces (cold build, full cache hit, one leaf source changed).
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use serde_json::json;
+
+use crate::proc::{self, bench_env, command};
+use crate::workspace::{self, Graph, LAYER_WIDTH, LEAF_EDIT_FILE, WorkspaceSpec};
+
+/// Versions of the peers installed into the tools directory (pinned for reproducible figures).
+pub const TURBO_VERSION: &str = "2.11.11";
+/// See [`TURBO_VERSION`].
+pub const NX_VERSION: &str = "24.0.6";
+/// See [`TURBO_VERSION`]; vite-plus 1.6.0 only installs with the `yuku-parser` 0.13.0 override.
+pub const VITE_PLUS_VERSION: &str = "1.6.0";
+/// See [`TURBO_VERSION`].
+pub const PNPM_VERSION: &str = "12.21.0";
+
+/// A column of the result table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Tool {
+    /// `baton run build -r`.
+    Baton,
+    /// `turbo run build`.
+    Turbo,
+    /// `nx run-many -t build`.
+    Nx,
+    /// `vp run -r --cache build`.
+    Vp,
+    /// The same `node build.js` commands, spawned in topological order by the xtask itself.
+    Hand,
+}
+
+impl Tool {
+    /// Every column, in table order.
+    pub const ALL: [Tool; 5] = [Tool::Baton, Tool::Turbo, Tool::Nx, Tool::Vp, Tool::Hand];
+
+    /// Lower-case name used on the command line and in the table.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tool::Baton => "baton",
+            Tool::Turbo => "turbo",
+            Tool::Nx => "nx",
+            Tool::Vp => "vp",
+            Tool::Hand => "hand",
+        }
+    }
+
+    /// Parses a name as printed by [`Tool::name`].
+    ///
+    /// # Errors
+    /// On an unknown name.
+    pub fn parse(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|t| t.name() == s.trim())
+            .with_context(|| format!("unknown tool {s:?} (expected baton, turbo, nx, vp or hand)"))
+    }
+
+    /// Cache directories (relative to the workspace root) removed before a cold run.
+    fn cache_dirs(self) -> &'static [&'static str] {
+        match self {
+            Tool::Baton => &[".baton"],
+            Tool::Turbo => &[".turbo", "node_modules/.cache/turbo"],
+            Tool::Nx => &[".nx"],
+            Tool::Vp => &["node_modules/.vite"],
+            Tool::Hand => &[],
+        }
+    }
+}
+
+/// A row of the result table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scenario {
+    /// Caches and every `dist/` removed, everything builds.
+    Cold,
+    /// Nothing changed since the last run: every task is a cache hit.
+    Hit,
+    /// One source file of a last-layer package changed: that build re-runs, the rest hit.
+    Leaf,
+}
+
+impl Scenario {
+    /// Every row, in table order.
+    pub const ALL: [Scenario; 3] = [Scenario::Cold, Scenario::Hit, Scenario::Leaf];
+
+    fn label(self) -> &'static str {
+        match self {
+            Scenario::Cold => "cold build",
+            Scenario::Hit => "full cache hit",
+            Scenario::Leaf => "one leaf changed",
+        }
+    }
+}
+
+/// Options of one bench invocation.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Workspace sizes (number of packages).
+    pub sizes: Vec<usize>,
+    /// Repetitions of the cache-hit and leaf-changed measurements.
+    pub runs: usize,
+    /// Repetitions of the cold measurement.
+    pub cold_runs: usize,
+    /// Tools to measure; `None` = every peer plus Baton when its binary works.
+    pub only: Option<Vec<Tool>>,
+    /// Markdown report path.
+    pub out: PathBuf,
+    /// Scratch directory for the tools install and the generated workspaces.
+    pub work_dir: PathBuf,
+    /// Parallelism given to every tool and the hand scheduler.
+    pub concurrency: usize,
+    /// The `baton` binary.
+    pub baton: PathBuf,
+}
+
+/// Measurements of one cell.
+#[derive(Debug, Clone)]
+pub enum Cell {
+    /// Wall-clock times of every repetition.
+    Measured(Vec<Duration>),
+    /// The scenario means nothing for this tool (a hand-run has no cache).
+    NotApplicable,
+    /// Not measured, with the reason.
+    Pending(String),
+}
+
+impl Cell {
+    fn median(&self) -> Option<Duration> {
+        match self {
+            Cell::Measured(times) if !times.is_empty() => {
+                let mut t = times.clone();
+                t.sort();
+                let mid = t.len() / 2;
+                Some(if t.len() % 2 == 1 {
+                    t[mid]
+                } else {
+                    (t[mid - 1] + t[mid]) / 2
+                })
+            }
+            _ => None,
+        }
+    }
+
+    fn min(&self) -> Option<Duration> {
+        match self {
+            Cell::Measured(times) => times.iter().min().copied(),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Cell {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.median(), self.min(), self) {
+            (Some(med), Some(min), _) => write!(f, "{} (min {})", ms(med), ms(min)),
+            (_, _, Cell::NotApplicable) => write!(f, "—"),
+            (_, _, Cell::Pending(_)) => write!(f, "pending"),
+            _ => write!(f, "?"),
+        }
+    }
+}
+
+fn ms(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1000.0;
+    if ms >= 100.0 {
+        format!("{ms:.0}")
+    } else {
+        format!("{ms:.1}")
+    }
+}
+
+/// Results for one workspace size.
+#[derive(Debug, Clone)]
+pub struct SizeResult {
+    /// Number of packages.
+    pub packages: usize,
+    /// Number of layers.
+    pub layers: usize,
+    /// `cells[tool][scenario]`, indexed like [`Tool::ALL`] and [`Scenario::ALL`].
+    pub cells: Vec<Vec<Cell>>,
+}
+
+impl SizeResult {
+    fn cell(&self, tool: Tool, scenario: Scenario) -> &Cell {
+        &self.cells[tool as usize][scenario as usize]
+    }
+}
+
+/// Context of the run recorded in the report.
+#[derive(Debug, Clone)]
+pub struct RunInfo {
+    /// `(label, value)` lines describing the machine.
+    pub machine: Vec<(String, String)>,
+    /// `(tool, version)`.
+    pub versions: Vec<(String, String)>,
+    /// `(tool, command line)` as timed, Markdown (code spans included).
+    pub commands: Vec<(String, String)>,
+    /// Options of the run.
+    pub options: Options,
+}
+
+/// Where the peers are installed.
+struct Tools {
+    dir: PathBuf,
+    bin: PathBuf,
+}
+
+/// Installs turbo, nx, vite-plus and pnpm with npm into `<work>/tools` (skipped when the same
+/// manifest is already installed).
+fn install_tools(work: &Path) -> Result<Tools> {
+    let dir = work.join("tools");
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let manifest = serde_json::to_string_pretty(&json!({
+        "name": "baton-bench-tools",
+        "private": true,
+        "dependencies": {
+            "turbo": TURBO_VERSION,
+            "nx": NX_VERSION,
+            "vite-plus": VITE_PLUS_VERSION,
+            "pnpm": PNPM_VERSION,
+        },
+        // vite-plus 1.6.0 resolves a yuku-parser that does not install; 0.13.0 does.
+        "overrides": { "yuku-parser": "0.13.0" },
+    }))?;
+    let bin = dir.join("node_modules/.bin");
+    let manifest_path = dir.join("package.json");
+    let up_to_date = fs::read_to_string(&manifest_path).ok().as_deref() == Some(&manifest)
+        && ["turbo", "nx", "vp", "pnpm"]
+            .iter()
+            .all(|b| bin.join(b).exists());
+    if !up_to_date {
+        fs::write(&manifest_path, &manifest)?;
+        eprintln!("bench: npm install into {}", dir.display());
+        proc::run(
+            command("npm")
+                .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
+                .current_dir(&dir),
+            "npm install (bench tools)",
+        )?;
+    }
+    Ok(Tools { dir, bin })
+}
+
+fn installed_version(tools: &Tools, package: &str) -> String {
+    let path = tools
+        .dir
+        .join("node_modules")
+        .join(package)
+        .join("package.json");
+    fs::read_to_string(path)
+        .ok()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+        .and_then(|v| v["version"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned())
+}
+
+/// A generated, installed workspace.
+struct Ws {
+    root: PathBuf,
+    graph: Graph,
+    leaf_original: String,
+}
+
+/// Generates the workspace of `n` packages under `<work>/ws-<n>`, runs `pnpm install` and
+/// `git init` + commit there.
+fn prepare_workspace(work: &Path, tools: &Tools, n: usize) -> Result<Ws> {
+    let root = work.join(format!("ws-{n}"));
+    if root.exists() {
+        fs::remove_dir_all(&root).with_context(|| format!("removing {}", root.display()))?;
+    }
+    let graph = Graph::layered(n, LAYER_WIDTH)?;
+    workspace::write_workspace(
+        &root,
+        &graph,
+        &WorkspaceSpec {
+            pnpm_version: installed_version(tools, "pnpm"),
+        },
+    )?;
+    let env_cmd = |program: &str| {
+        let mut c = command(program);
+        bench_env(&mut c, &tools.bin);
+        c.current_dir(&root);
+        c
+    };
+    proc::run(
+        env_cmd("pnpm").args(["install", "--prefer-offline"]),
+        "pnpm install",
+    )?;
+    // nx and vp refuse to run without their package in the workspace's node_modules (turbo only
+    // warns); a real repo has them as devDependencies. Link the npm-installed ones instead of
+    // having pnpm fetch them again.
+    for package in ["nx", "vite-plus", "turbo"] {
+        let link = root.join("node_modules").join(package);
+        std::os::unix::fs::symlink(tools.dir.join("node_modules").join(package), &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+    }
+    proc::run(
+        env_cmd("git").args(["init", "-q", "-b", "main"]),
+        "git init",
+    )?;
+    proc::run(env_cmd("git").args(["add", "-A"]), "git add")?;
+    proc::run(
+        env_cmd("git").args([
+            "-c",
+            "user.name=bench",
+            "-c",
+            "user.email=bench@example.invalid",
+            "commit",
+            "-q",
+            "-m",
+            "generated workspace",
+        ]),
+        "git commit",
+    )?;
+    let leaf_path = root
+        .join(&graph.packages[graph.leaf()].dir)
+        .join(LEAF_EDIT_FILE);
+    let leaf_original = fs::read_to_string(&leaf_path)?;
+    Ok(Ws {
+        root,
+        graph,
+        leaf_original,
+    })
+}
+
+impl Ws {
+    fn leaf_path(&self) -> PathBuf {
+        self.root
+            .join(&self.graph.packages[self.graph.leaf()].dir)
+            .join(LEAF_EDIT_FILE)
+    }
+
+    fn stamps(&self) -> Vec<Option<String>> {
+        (0..self.graph.packages.len())
+            .map(|i| fs::read_to_string(workspace::stamp_path(&self.root, &self.graph, i)).ok())
+            .collect()
+    }
+
+    fn remove_dists(&self) -> Result<()> {
+        for p in &self.graph.packages {
+            let dist = self.root.join(&p.dir).join("dist");
+            if dist.exists() {
+                fs::remove_dir_all(&dist)
+                    .with_context(|| format!("removing {}", dist.display()))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_caches(&self, tool: Tool) -> Result<()> {
+        for dir in tool.cache_dirs() {
+            let path = self.root.join(dir);
+            if path.exists() {
+                fs::remove_dir_all(&path)
+                    .with_context(|| format!("removing {}", path.display()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The command line a tool is timed with, run from the workspace root.
+fn tool_argv(tool: Tool, opts: &Options) -> Option<Vec<String>> {
+    let c = opts.concurrency.to_string();
+    let argv: Vec<String> = match tool {
+        Tool::Baton => vec![
+            opts.baton.display().to_string(),
+            "run".into(),
+            "build".into(),
+            "-r".into(),
+            "--concurrency".into(),
+            c,
+        ],
+        Tool::Turbo => vec![
+            "turbo".into(),
+            "run".into(),
+            "build".into(),
+            "--concurrency".into(),
+            c,
+        ],
+        Tool::Nx => vec![
+            "nx".into(),
+            "run-many".into(),
+            "-t".into(),
+            "build".into(),
+            "--parallel".into(),
+            c,
+        ],
+        Tool::Vp => vec![
+            "vp".into(),
+            "run".into(),
+            "-r".into(),
+            "--cache".into(),
+            "--concurrency-limit".into(),
+            c,
+            "build".into(),
+        ],
+        Tool::Hand => return None,
+    };
+    Some(argv)
+}
+
+fn run_tool(ws: &Ws, tools: &Tools, argv: &[String], what: &str) -> Result<proc::Finished> {
+    let mut cmd = command(&argv[0]);
+    cmd.args(&argv[1..]).current_dir(&ws.root);
+    bench_env(&mut cmd, &tools.bin);
+    proc::run(&mut cmd, what)
+}
+
+/// Runs `node build.js` in every package in topological order, at most `concurrency` at a time.
+fn run_by_hand(ws: &Ws, tools: &Tools, concurrency: usize) -> Result<Duration> {
+    let packages = &ws.graph.packages;
+    let mut waiting: Vec<usize> = packages.iter().map(|p| p.deps.len()).collect();
+    let mut dependents = vec![Vec::new(); packages.len()];
+    for (i, p) in packages.iter().enumerate() {
+        for d in &p.deps {
+            dependents[*d].push(i);
+        }
+    }
+    let mut ready: VecDeque<usize> = (0..packages.len()).filter(|i| waiting[*i] == 0).collect();
+    let (tx, rx) = mpsc::channel();
+    let start = Instant::now();
+    let (mut running, mut done) = (0, 0);
+    while done < packages.len() {
+        while running < concurrency {
+            let Some(i) = ready.pop_front() else { break };
+            let mut cmd = command("node");
+            cmd.arg("build.js")
+                .current_dir(ws.root.join(&packages[i].dir));
+            bench_env(&mut cmd, &tools.bin);
+            let tx = tx.clone();
+            let name = packages[i].name.clone();
+            std::thread::spawn(move || {
+                let _ = tx.send((i, proc::run(&mut cmd, &format!("node build.js in {name}"))));
+            });
+            running += 1;
+        }
+        ensure!(running > 0, "hand scheduler stalled (cycle?)");
+        let (i, result) = rx.recv().context("hand scheduler worker vanished")?;
+        result?;
+        running -= 1;
+        done += 1;
+        for d in &dependents[i] {
+            waiting[*d] -= 1;
+            if waiting[*d] == 0 {
+                ready.push_back(*d);
+            }
+        }
+    }
+    Ok(start.elapsed())
+}
+
+/// Checks which packages executed their build, from the stamps before and after a run.
+fn verify(
+    ws: &Ws,
+    tool: Tool,
+    scenario: Scenario,
+    before: &[Option<String>],
+    output: &str,
+) -> Result<()> {
+    let after = ws.stamps();
+    let leaf = ws.graph.leaf();
+    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+        let name = &ws.graph.packages[i].name;
+        let Some(a) = a else {
+            bail!(
+                "{} {}: {name} has no dist/stamp.txt after the run\n{}",
+                tool.name(),
+                scenario.label(),
+                proc::tail(output, 40)
+            );
+        };
+        let executed = b.as_ref() != Some(a);
+        let expected = match scenario {
+            Scenario::Cold => true,
+            Scenario::Hit => false,
+            Scenario::Leaf => i == leaf,
+        };
+        if executed != expected {
+            bail!(
+                "{} {}: {name} was {} but should have been {}\n{}",
+                tool.name(),
+                scenario.label(),
+                if executed {
+                    "built"
+                } else {
+                    "served from cache"
+                },
+                if expected {
+                    "built"
+                } else {
+                    "served from cache"
+                },
+                proc::tail(output, 40)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Measures every scenario for one tool on one workspace.
+fn measure_tool(
+    ws: &Ws,
+    tools: &Tools,
+    tool: Tool,
+    opts: &Options,
+    edit_counter: &mut u64,
+) -> Result<Vec<Cell>> {
+    let argv = tool_argv(tool, opts);
+    let mut cells = Vec::new();
+    // Warm-up, untimed: the first run of a tool may do one-time work (vp fetches the
+    // `packageManager` pnpm into ~/.local/share/vite-plus) and warms the page cache.
+    ws.remove_caches(tool)?;
+    ws.remove_dists()?;
+    match &argv {
+        Some(argv) => drop(run_tool(
+            ws,
+            tools,
+            argv,
+            &format!("{} (warm-up)", tool.name()),
+        )?),
+        None => drop(run_by_hand(ws, tools, opts.concurrency)?),
+    }
+    // Cold.
+    let mut times = Vec::new();
+    for rep in 0..opts.cold_runs {
+        // Stamps taken before deleting `dist/`: a build restored from a cache that survived the
+        // clean-up would bring back an old stamp and be caught.
+        let before = ws.stamps();
+        ws.remove_caches(tool)?;
+        ws.remove_dists()?;
+        let (elapsed, output) = match &argv {
+            Some(argv) => {
+                let f = run_tool(ws, tools, argv, &format!("{} (cold)", tool.name()))?;
+                (f.elapsed, f.text())
+            }
+            None => (run_by_hand(ws, tools, opts.concurrency)?, String::new()),
+        };
+        verify(ws, tool, Scenario::Cold, &before, &output)?;
+        eprintln!(
+            "bench:   {:<5} cold #{rep}: {} ms",
+            tool.name(),
+            ms(elapsed)
+        );
+        times.push(elapsed);
+    }
+    cells.push(Cell::Measured(times));
+    // Full cache hit.
+    match &argv {
+        Some(argv) => {
+            let mut times = Vec::new();
+            for rep in 0..opts.runs {
+                let before = ws.stamps();
+                let f = run_tool(ws, tools, argv, &format!("{} (cache hit)", tool.name()))?;
+                verify(ws, tool, Scenario::Hit, &before, &f.text())?;
+                eprintln!(
+                    "bench:   {:<5} hit  #{rep}: {} ms",
+                    tool.name(),
+                    ms(f.elapsed)
+                );
+                times.push(f.elapsed);
+            }
+            cells.push(Cell::Measured(times));
+        }
+        None => cells.push(Cell::NotApplicable),
+    }
+    // One leaf changed: a fresh edit each repetition, so each one is a miss for the leaf only.
+    let mut times = Vec::new();
+    let leaf_path = ws.leaf_path();
+    for rep in 0..opts.runs {
+        *edit_counter += 1;
+        fs::write(
+            &leaf_path,
+            format!("{}// bench edit {}\n", ws.leaf_original, *edit_counter),
+        )?;
+        let before = ws.stamps();
+        let (elapsed, output) = match &argv {
+            Some(argv) => {
+                let f = run_tool(ws, tools, argv, &format!("{} (leaf changed)", tool.name()))?;
+                (f.elapsed, f.text())
+            }
+            None => {
+                let mut cmd = command("node");
+                cmd.arg("build.js")
+                    .current_dir(ws.root.join(&ws.graph.packages[ws.graph.leaf()].dir));
+                bench_env(&mut cmd, &tools.bin);
+                let f = proc::run(&mut cmd, "node build.js (leaf)")?;
+                (f.elapsed, f.text())
+            }
+        };
+        verify(ws, tool, Scenario::Leaf, &before, &output)?;
+        eprintln!(
+            "bench:   {:<5} leaf #{rep}: {} ms",
+            tool.name(),
+            ms(elapsed)
+        );
+        times.push(elapsed);
+    }
+    fs::write(&leaf_path, &ws.leaf_original)?;
+    cells.push(Cell::Measured(times));
+    Ok(cells)
+}
+
+/// Whether the Baton binary exists and answers `baton run --help`; `Err(reason)` otherwise.
+fn baton_available(opts: &Options, tools: &Tools) -> Result<(), String> {
+    if !opts.baton.exists() {
+        return Err(format!(
+            "{} not found (build it with `cargo build --release -p baton-cli`)",
+            opts.baton.display()
+        ));
+    }
+    let mut cmd = command(&opts.baton);
+    cmd.args(["run", "--help"]);
+    bench_env(&mut cmd, &tools.bin);
+    proc::run(&mut cmd, "baton run --help")
+        .map(drop)
+        .map_err(|e| format!("`baton run --help` failed: {}", first_line(&e.to_string())))
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or_default().to_owned()
+}
+
+fn machine_info(tools: &Tools) -> Vec<(String, String)> {
+    let read = |p: &str| fs::read_to_string(p).unwrap_or_default();
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_owned())
+        .unwrap_or_else(|| "?".into());
+    let mem = read("/proc/meminfo")
+        .lines()
+        .find(|l| l.starts_with("MemTotal"))
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|k| k.parse::<u64>().ok())
+        })
+        .map(|kb| format!("{:.1} GiB", kb as f64 / 1024.0 / 1024.0))
+        .unwrap_or_else(|| "?".into());
+    let nproc = std::thread::available_parallelism()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into());
+    let mut node = command("node");
+    node.arg("--version");
+    bench_env(&mut node, &tools.bin);
+    let node_version = proc::run(&mut node, "node --version")
+        .map(|f| f.stdout.trim().to_owned())
+        .unwrap_or_else(|_| "?".into());
+    vec![
+        ("CPU".into(), cpu),
+        ("nproc".into(), nproc),
+        ("memory".into(), mem),
+        (
+            "kernel".into(),
+            format!("Linux {}", read("/proc/sys/kernel/osrelease").trim()),
+        ),
+        ("node".into(), node_version),
+    ]
+}
+
+/// Runs the whole benchmark and writes the report.
+///
+/// # Errors
+/// When a tool cannot be installed, a workspace cannot be prepared, or a tool fails or does not
+/// hit/miss as expected (Baton auto-included is recorded as pending instead).
+pub fn run(opts: Options) -> Result<()> {
+    ensure!(
+        opts.runs > 0 && opts.cold_runs > 0,
+        "--runs and --cold-runs must be positive"
+    );
+    ensure!(opts.concurrency > 0, "--concurrency must be positive");
+    fs::create_dir_all(&opts.work_dir)
+        .with_context(|| format!("creating {}", opts.work_dir.display()))?;
+    let work = opts.work_dir.canonicalize()?;
+    let tools = install_tools(&work)?;
+
+    let baton_explicit = opts.only.as_ref().is_some_and(|o| o.contains(&Tool::Baton));
+    let baton_auto = opts.only.is_none();
+    let mut baton_pending = None;
+    let mut selected: Vec<Tool> = match &opts.only {
+        Some(only) => Tool::ALL.into_iter().filter(|t| only.contains(t)).collect(),
+        None => Tool::ALL.to_vec(),
+    };
+    if selected.contains(&Tool::Baton) {
+        if let Err(reason) = baton_available(&opts, &tools) {
+            ensure!(!baton_explicit, "baton requested but unavailable: {reason}");
+            eprintln!("bench: baton skipped: {reason}");
+            baton_pending = Some(reason);
+            selected.retain(|t| *t != Tool::Baton);
+        }
+    } else if baton_auto {
+        baton_pending = Some("not selected".into());
+    }
+
+    let mut versions = vec![
+        ("turbo".to_owned(), installed_version(&tools, "turbo")),
+        ("nx".to_owned(), installed_version(&tools, "nx")),
+        (
+            "vite-plus (vp)".to_owned(),
+            installed_version(&tools, "vite-plus"),
+        ),
+        ("pnpm".to_owned(), installed_version(&tools, "pnpm")),
+    ];
+    if selected.contains(&Tool::Baton) {
+        let mut cmd = command(&opts.baton);
+        cmd.arg("--version");
+        bench_env(&mut cmd, &tools.bin);
+        let v = proc::run(&mut cmd, "baton --version")
+            .map(|f| f.stdout.trim().to_owned())
+            .unwrap_or_else(|_| "?".into());
+        let commit = {
+            let mut git = command("git");
+            git.args(["log", "-1", "--format=%h %cI"]);
+            git.current_dir(env!("CARGO_MANIFEST_DIR"));
+            proc::run(&mut git, "git log")
+                .map(|f| f.stdout.trim().to_owned())
+                .unwrap_or_default()
+        };
+        versions.insert(0, ("baton".into(), format!("{v} (repo at {commit})")));
+    }
+
+    let mut results = Vec::new();
+    let mut edit_counter = 0;
+    for &n in &opts.sizes {
+        eprintln!("bench: generating and installing a workspace of {n} packages");
+        let ws = prepare_workspace(&work, &tools, n)?;
+        let mut cells: Vec<Vec<Cell>> = Tool::ALL
+            .iter()
+            .map(|t| {
+                let why = if *t == Tool::Baton {
+                    baton_pending.clone().unwrap_or_default()
+                } else {
+                    "not selected".into()
+                };
+                vec![Cell::Pending(why); Scenario::ALL.len()]
+            })
+            .collect();
+        for &tool in &selected {
+            eprintln!("bench: {n} packages, {}", tool.name());
+            match measure_tool(&ws, &tools, tool, &opts, &mut edit_counter) {
+                Ok(c) => cells[tool as usize] = c,
+                Err(e) if tool == Tool::Baton && !baton_explicit => {
+                    eprintln!("bench: baton failed, recorded as pending: {e:#}");
+                    let reason = format!("failed: {}", first_line(&format!("{e:#}")));
+                    cells[tool as usize] = vec![Cell::Pending(reason.clone()); 3];
+                    baton_pending = Some(reason);
+                    fs::write(ws.leaf_path(), &ws.leaf_original)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        results.push(SizeResult {
+            packages: n,
+            layers: ws.graph.layers(),
+            cells,
+        });
+    }
+
+    let commands = Tool::ALL
+        .iter()
+        .map(|t| {
+            let line = match tool_argv(*t, &opts) {
+                Some(mut argv) if *t == Tool::Baton => {
+                    argv[0] = "baton".into();
+                    format!("`{}`", argv.join(" "))
+                }
+                Some(argv) => format!("`{}`", argv.join(" ")),
+                None => format!(
+                    "`node build.js` per package, spawned by the xtask in topological order, \
+                     {} at a time (leaf: `node build.js` in the leaf package)",
+                    opts.concurrency
+                ),
+            };
+            (t.name().to_owned(), line)
+        })
+        .collect();
+    let info = RunInfo {
+        machine: machine_info(&tools),
+        versions,
+        commands,
+        options: opts.clone(),
+    };
+    let report = crate::report::render(&info, &results);
+    fs::write(&opts.out, report).with_context(|| format!("writing {}", opts.out.display()))?;
+    eprintln!("bench: wrote {}", opts.out.display());
+    Ok(())
+}
+
+/// Median of a cell, for the report's target checks.
+pub fn median_of(result: &SizeResult, tool: Tool, scenario: Scenario) -> Option<Duration> {
+    result.cell(tool, scenario).median()
+}
+
+/// Why a tool's column is empty for this size, if it is.
+pub fn pending_reason(result: &SizeResult, tool: Tool) -> Option<&str> {
+    result.cells[tool as usize].iter().find_map(|c| match c {
+        Cell::Pending(reason) => Some(reason.as_str()),
+        _ => None,
+    })
+}
+
+/// Formats a cell for the report.
+pub fn cell_text(result: &SizeResult, tool: Tool, scenario: Scenario) -> String {
+    result.cell(tool, scenario).to_string()
+}
+
+/// Label of a scenario row.
+pub fn scenario_label(scenario: Scenario) -> &'static str {
+    scenario.label()
+}
+
+/// Formats a duration in milliseconds as the report does.
+pub fn format_ms(d: Duration) -> String {
+    ms(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_and_min_of_a_cell() {
+        let c = Cell::Measured(vec![
+            Duration::from_millis(30),
+            Duration::from_millis(10),
+            Duration::from_millis(20),
+        ]);
+        assert_eq!(c.median(), Some(Duration::from_millis(20)));
+        assert_eq!(c.min(), Some(Duration::from_millis(10)));
+        assert_eq!(c.to_string(), "20.0 (min 10.0)");
+        let even = Cell::Measured(vec![Duration::from_millis(100), Duration::from_millis(300)]);
+        assert_eq!(even.to_string(), "200 (min 100)");
+        assert_eq!(Cell::NotApplicable.to_string(), "—");
+    }
+
+    #[test]
+    fn tool_names_round_trip() {
+        for t in Tool::ALL {
+            assert_eq!(Tool::parse(t.name()).unwrap(), t);
+        }
+        assert!(Tool::parse("lerna").is_err());
+    }
+}

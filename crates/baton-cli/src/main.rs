@@ -26,6 +26,7 @@ enum Command {
 
 mod cache_cmd;
 mod run;
+mod style;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -37,7 +38,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("baton: error: {err:#}");
-            ExitCode::from(2)
+            ExitCode::from(1)
         }
     }
 }

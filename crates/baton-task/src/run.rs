@@ -1,0 +1,935 @@
+//! The scheduler: runs a [`Plan`] with a concurrency limit, cache lookups, replay, fail-fast and
+//! cancellation.
+//!
+//! Each task's command items run in order; each item is looked up in the cache first:
+//! - hit: its outputs are restored (files already identical are skipped) and its logs replayed;
+//! - miss: it runs (own process group, output streamed to the [`Reporter`] and recorded), and on
+//!   exit 0 its outputs and logs are stored.
+//!
+//! A task's inputs are its package's files (see [`crate::inputs`]) plus the outputs of the tasks it
+//! depends on, so a change that alters a dependency's output is a miss of the dependents naming the
+//! changed file. On a failure (fail-fast) or cancellation every running process group is killed and
+//! nothing new starts.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use baton_cache::{
+    CacheStore, CurrentInputs, Digest, EnvFingerprint, InputFingerprint, LogChunk, Lookup,
+    MissReason, NewEntry, PathState, SpawnFingerprint, fingerprint_paths,
+};
+use baton_exec::{CommandSpec, ProcessEvent, SpawnOptions, StdinMode, Stream};
+use tokio::sync::{Notify, Semaphore, mpsc};
+
+use crate::env::{EnvKeyPart, TaskEnv};
+use crate::inputs::FileSelection;
+use crate::plan::{Plan, PlannedTask};
+use crate::workspace::{Workspace, rel_slash};
+
+/// How a task item relates to the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// Replayed from the cache.
+    Hit,
+    /// Ran; the reason says why the cache could not serve it.
+    Miss(String),
+    /// Ran without the cache; the reason says why.
+    Disabled(String),
+}
+
+impl CacheStatus {
+    /// `hit`, `miss` or `disabled` (the `--report` vocabulary).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "hit",
+            CacheStatus::Miss(_) => "miss",
+            CacheStatus::Disabled(_) => "disabled",
+        }
+    }
+
+    /// The reason, empty for a hit.
+    pub fn reason(&self) -> &str {
+        match self {
+            CacheStatus::Hit => "",
+            CacheStatus::Miss(r) | CacheStatus::Disabled(r) => r,
+        }
+    }
+}
+
+/// Which stream a chunk of output came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// Progress of a run, delivered to a [`Reporter`] in order per task item.
+#[derive(Debug, Clone)]
+pub enum RunEvent {
+    /// An item starts (after its cache lookup).
+    ItemStart {
+        /// Task index in the plan.
+        task: usize,
+        /// Item index within the task.
+        item: usize,
+        /// Number of items of the task.
+        items: usize,
+        /// The command text of the item.
+        command: String,
+        /// Cache status.
+        status: CacheStatus,
+    },
+    /// Output of an item (live, or replayed on a hit).
+    Output {
+        /// Task index.
+        task: usize,
+        /// Item index.
+        item: usize,
+        /// Stream.
+        stream: OutStream,
+        /// Bytes, as written by the process.
+        bytes: Vec<u8>,
+    },
+    /// Extra information (`-v`): restore counts, why a result was not stored.
+    Note {
+        /// Task index.
+        task: usize,
+        /// Item index.
+        item: usize,
+        /// The note.
+        message: String,
+    },
+    /// An item finished.
+    ItemEnd {
+        /// Task index.
+        task: usize,
+        /// The result.
+        result: ItemResult,
+    },
+    /// A task was not run because a dependency failed or the run was cancelled.
+    Skipped {
+        /// Task index.
+        task: usize,
+    },
+}
+
+/// Receives run events. Called from several threads; must not block for long.
+pub trait Reporter: Send + Sync {
+    /// One event.
+    fn event(&self, event: RunEvent);
+}
+
+/// The result of one task item.
+#[derive(Debug, Clone)]
+pub struct ItemResult {
+    /// Task index in the plan.
+    pub task: usize,
+    /// `pkg#task`.
+    pub task_id: String,
+    /// Item index.
+    pub item: usize,
+    /// Cache status.
+    pub cache: CacheStatus,
+    /// Exit code (0 on a hit; 128+N when killed by signal N).
+    pub exit_code: i32,
+    /// Wall time of this item now (replay time on a hit).
+    pub duration: Duration,
+    /// On a hit: the original run's duration (time saved).
+    pub saved: Duration,
+}
+
+/// Summary of a whole run.
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    /// Every item that ran or was replayed, in completion order.
+    pub items: Vec<ItemResult>,
+    /// Tasks not run (dependency failed, fail-fast, cancelled).
+    pub skipped: Vec<usize>,
+    /// Exit code of the first failing item, if any.
+    pub failure: Option<i32>,
+    /// Whether the run was cancelled (Ctrl-C).
+    pub cancelled: bool,
+    /// Wall time of the whole run.
+    pub duration: Duration,
+}
+
+/// Options of a run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Maximum number of task items running at once (≥ 1).
+    pub concurrency: usize,
+    /// Ignore dependencies between tasks and run everything at once.
+    pub parallel: bool,
+    /// Use the cache (lookup and store). `--no-cache` turns both off.
+    pub use_cache: bool,
+    /// Stop starting tasks and kill running ones after the first failure.
+    pub fail_fast: bool,
+    /// The cache directory (`.baton/cache` at the workspace root unless overridden).
+    pub cache_dir: PathBuf,
+    /// Whether child processes may print colours (FORCE_COLOR is set for them).
+    pub force_color: bool,
+    /// The parent environment the task environments are built from.
+    pub parent_env: Vec<(OsString, OsString)>,
+}
+
+/// Cancels a run from outside (Ctrl-C): running process groups are killed, nothing new starts.
+#[derive(Debug, Clone, Default)]
+pub struct CancelHandle {
+    inner: Arc<CancelInner>,
+}
+
+#[derive(Debug, Default)]
+struct CancelInner {
+    cancelled: AtomicBool,
+    notify: Notify,
+}
+
+impl CancelHandle {
+    /// A handle that is not cancelled.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Cancels the run.
+    pub fn cancel(&self) {
+        self.inner.cancelled.store(true, Ordering::SeqCst);
+        self.inner.notify.notify_waiters();
+    }
+
+    /// Whether [`cancel`](Self::cancel) was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.cancelled.load(Ordering::SeqCst)
+    }
+
+    async fn cancelled(&self) {
+        loop {
+            let notified = self.inner.notify.notified();
+            if self.is_cancelled() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Errors that stop a run before any task starts.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The cache store could not be opened.
+    #[error("cannot open the cache at {}", dir.display())]
+    Cache {
+        /// The cache directory.
+        dir: PathBuf,
+        /// Cause.
+        #[source]
+        source: baton_cache::CacheError,
+    },
+    /// An `input`/`output` glob is malformed.
+    #[error(transparent)]
+    Plan(#[from] crate::PlanError),
+}
+
+struct Shared {
+    ws: Arc<Workspace>,
+    plan: Arc<Plan>,
+    opts: RunOptions,
+    store: Option<Arc<CacheStore>>,
+    reporter: Arc<dyn Reporter>,
+    selections: Vec<FileSelection>,
+    /// Nested package directories to skip when walking a package (for the root package).
+    nested: Vec<Vec<PathBuf>>,
+    /// External cancellation (Ctrl-C).
+    cancel: CancelHandle,
+    /// Stops everything: set on cancellation and, under fail-fast, after the first failure.
+    stop: CancelHandle,
+}
+
+/// What a finished task hands to its dependents.
+#[derive(Debug, Clone)]
+struct TaskOutcome {
+    ok: bool,
+    /// Output files (workspace-relative), for dependents' inputs.
+    outputs: Vec<String>,
+    /// `pkg#task`.
+    id: String,
+    /// A digest standing for this task's result (its cache keys), used as a dependent's input
+    /// when the task has no declared outputs.
+    stamp: Digest,
+}
+
+impl TaskOutcome {
+    fn failed() -> Self {
+        TaskOutcome {
+            ok: false,
+            outputs: Vec::new(),
+            id: String::new(),
+            stamp: Digest([0; 32]),
+        }
+    }
+}
+
+/// Runs a plan to completion. Items stream their events to `reporter`.
+pub async fn run_plan(
+    ws: Arc<Workspace>,
+    plan: Arc<Plan>,
+    opts: RunOptions,
+    reporter: Arc<dyn Reporter>,
+    cancel: CancelHandle,
+) -> Result<RunSummary, RunError> {
+    let started = Instant::now();
+    let mut selections = Vec::with_capacity(plan.tasks.len());
+    for t in &plan.tasks {
+        let sel = FileSelection::new(t.config.input.as_deref(), t.config.output.as_deref())
+            .map_err(|(field, glob, message)| crate::PlanError::BadGlob {
+                task: t.id.clone(),
+                field,
+                glob,
+                message,
+            })?;
+        selections.push(sel);
+    }
+    let nested = plan
+        .tasks
+        .iter()
+        .map(|t| {
+            let dir = &ws.packages[t.package].dir;
+            ws.packages
+                .iter()
+                .filter(|p| p.dir != *dir && p.dir.starts_with(dir))
+                .map(|p| p.dir.clone())
+                .collect()
+        })
+        .collect();
+    let store = if opts.use_cache && plan.tasks.iter().any(|t| t.config.cache != Some(false)) {
+        let dir = opts.cache_dir.clone();
+        let s = tokio::task::spawn_blocking(move || CacheStore::open(&dir))
+            .await
+            .expect("cache open does not panic")
+            .map_err(|source| RunError::Cache {
+                dir: opts.cache_dir.clone(),
+                source,
+            })?;
+        Some(Arc::new(s))
+    } else {
+        None
+    };
+    let shared = Arc::new(Shared {
+        ws,
+        plan: plan.clone(),
+        opts,
+        store,
+        reporter,
+        selections,
+        nested,
+        cancel: cancel.clone(),
+        stop: CancelHandle::new(),
+    });
+    {
+        let (cancel, stop) = (cancel.clone(), shared.stop.clone());
+        tokio::spawn(async move {
+            cancel.cancelled().await;
+            stop.cancel();
+        });
+    }
+
+    let n = plan.tasks.len();
+    let mut remaining: Vec<usize> = plan
+        .tasks
+        .iter()
+        .map(|t| {
+            if shared.opts.parallel {
+                0
+            } else {
+                t.deps.len()
+            }
+        })
+        .collect();
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
+    if !shared.opts.parallel {
+        for t in &plan.tasks {
+            for &d in &t.deps {
+                dependents[d].push(t.index);
+            }
+        }
+    }
+    let mut outcomes: Vec<Option<TaskOutcome>> = vec![None; n];
+    let mut summary = RunSummary::default();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(usize, TaskOutcome, Vec<ItemResult>)>();
+    let permits = Arc::new(Semaphore::new(if shared.opts.parallel {
+        n.max(1)
+    } else {
+        shared.opts.concurrency.max(1)
+    }));
+    let mut ready: Vec<usize> = (0..n).rev().filter(|&i| remaining[i] == 0).collect();
+    let mut running = 0usize;
+    let mut finished = 0usize;
+    let mut blocked = vec![false; n];
+
+    loop {
+        if !shared.stop.is_cancelled() {
+            while let Some(i) = ready.pop() {
+                let dep_outcomes: Vec<TaskOutcome> = plan.tasks[i]
+                    .deps
+                    .iter()
+                    .filter_map(|&d| outcomes[d].clone())
+                    .collect();
+                let sh = shared.clone();
+                let tx = done_tx.clone();
+                let permits = permits.clone();
+                running += 1;
+                tokio::spawn(async move {
+                    let _permit = permits
+                        .acquire_owned()
+                        .await
+                        .expect("semaphore never closed");
+                    let (outcome, results) = run_task(&sh, i, dep_outcomes).await;
+                    let _ = tx.send((i, outcome, results));
+                });
+            }
+        }
+        if running == 0 {
+            break;
+        }
+        let Some((i, outcome, results)) = done_rx.recv().await else {
+            break;
+        };
+        running -= 1;
+        finished += 1;
+        for r in &results {
+            if r.exit_code != 0 && summary.failure.is_none() {
+                summary.failure = Some(r.exit_code);
+            }
+        }
+        summary.items.extend(results);
+        let ok = outcome.ok;
+        if !ok && shared.opts.fail_fast {
+            shared.stop.cancel();
+        }
+        outcomes[i] = Some(outcome);
+        for &d in &dependents[i] {
+            if !ok {
+                blocked[d] = true;
+            }
+            remaining[d] -= 1;
+            if remaining[d] == 0 && !blocked[d] {
+                ready.push(d);
+            }
+        }
+    }
+    let _ = finished;
+    for (i, o) in outcomes.iter().enumerate() {
+        if o.is_none() {
+            summary.skipped.push(i);
+            shared.reporter.event(RunEvent::Skipped { task: i });
+        }
+    }
+    summary.cancelled = shared.cancel.is_cancelled();
+    summary.duration = started.elapsed();
+    Ok(summary)
+}
+
+/// Runs every item of one task; stops at the first failing item.
+async fn run_task(
+    sh: &Arc<Shared>,
+    index: usize,
+    deps: Vec<TaskOutcome>,
+) -> (TaskOutcome, Vec<ItemResult>) {
+    let task = &sh.plan.tasks[index];
+    let mut results = Vec::new();
+    let mut outputs: Vec<String> = Vec::new();
+    let mut stamp = blake3::Hasher::new();
+    let mut dep_inputs = DepInputs::default();
+    for d in &deps {
+        dep_inputs.files.extend(d.outputs.iter().cloned());
+        if d.outputs.is_empty() {
+            dep_inputs.stamps.push((format!("#task:{}", d.id), d.stamp));
+        }
+    }
+    dep_inputs.files.sort();
+    dep_inputs.files.dedup();
+    dep_inputs.stamps.sort();
+    for item in 0..task.items.len() {
+        if sh.stop.is_cancelled() {
+            return (TaskOutcome::failed(), results);
+        }
+        let r = run_item(sh, task, item, &dep_inputs).await;
+        stamp.update(&r.stamp.0);
+        outputs.extend(r.outputs);
+        let ok = r.result.exit_code == 0;
+        sh.reporter.event(RunEvent::ItemEnd {
+            task: index,
+            result: r.result.clone(),
+        });
+        results.push(r.result);
+        if !ok {
+            return (TaskOutcome::failed(), results);
+        }
+    }
+    outputs.sort();
+    outputs.dedup();
+    (
+        TaskOutcome {
+            ok: true,
+            outputs,
+            id: task.id.clone(),
+            stamp: Digest(*stamp.finalize().as_bytes()),
+        },
+        results,
+    )
+}
+
+struct ItemRun {
+    result: ItemResult,
+    outputs: Vec<String>,
+    stamp: Digest,
+}
+
+/// What a task's dependencies contribute to its inputs.
+#[derive(Debug, Clone, Default)]
+struct DepInputs {
+    /// Output files of dependencies (workspace-relative).
+    files: Vec<String>,
+    /// `(#task:pkg#task, stamp)` for dependencies without declared outputs.
+    stamps: Vec<(String, Digest)>,
+}
+
+/// A digest of what decided an item's result: its spawn key and input states.
+fn result_stamp(spawn: &SpawnFingerprint, inputs: &InputFingerprint) -> Digest {
+    let mut h = blake3::Hasher::new();
+    h.update(&spawn.spawn_key().0);
+    for (p, s) in &inputs.paths {
+        h.update(p.as_bytes());
+        h.update(&[0]);
+        match s {
+            PathState::File { hash } => h.update(&hash.0),
+            PathState::Dir { listing_hash } => h.update(b"d").update(&listing_hash.0),
+            PathState::Absent => h.update(b"-"),
+        };
+    }
+    Digest(*h.finalize().as_bytes())
+}
+
+/// A digest that never repeats (for items that ran uncached).
+fn fresh_stamp() -> Digest {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    Digest(*blake3::hash(format!("{}:{t}:{n}", std::process::id()).as_bytes()).as_bytes())
+}
+
+/// Everything needed to look up, run and store one item.
+struct Prepared {
+    spec: CommandSpec,
+    spawn: SpawnFingerprint,
+    input_paths: Vec<String>,
+}
+
+fn prepare(sh: &Shared, task: &PlannedTask, item: usize) -> Prepared {
+    let ws = &sh.ws;
+    let pkg = &ws.packages[task.package];
+    let (program, args) = task.items[item].argv();
+    let mut path_prepend = vec![pkg.dir.join("node_modules/.bin")];
+    if pkg.dir != ws.root {
+        path_prepend.push(ws.root.join("node_modules/.bin"));
+    }
+    let mut extra: Vec<(OsString, OsString)> = Vec::new();
+    if sh.opts.force_color {
+        extra.push(("FORCE_COLOR".into(), "1".into()));
+        extra.push(("CLICOLOR_FORCE".into(), "1".into()));
+    }
+    let env = TaskEnv::build(
+        &sh.opts.parent_env,
+        task.config.env.as_deref().unwrap_or(&[]),
+        task.config.untracked_env.as_deref().unwrap_or(&[]),
+        &path_prepend,
+        &extra,
+    );
+    let env_fp: BTreeMap<String, EnvFingerprint> = env
+        .key
+        .iter()
+        .map(|(k, v)| {
+            let fp = match v {
+                EnvKeyPart::Tracked(d) => EnvFingerprint::Tracked { digest: d.clone() },
+                EnvKeyPart::PassThrough => EnvFingerprint::PassThrough,
+            };
+            (k.clone(), fp)
+        })
+        .collect();
+    let input_config = serde_json::json!({ "input": task.config.input });
+    let spawn = SpawnFingerprint {
+        cwd: rel_slash(&ws.root, &task.cwd),
+        program: program.clone(),
+        args: args.clone(),
+        env: env_fp,
+        input_config,
+        output_config: serde_json::json!({ "output": task.config.output }),
+        command: task.items[item].display(),
+    };
+    let spec = CommandSpec {
+        program: program.into(),
+        args: args.into_iter().map(OsString::from).collect(),
+        arg0: None,
+        cwd: task.cwd.clone(),
+        env: env.vars,
+        stdin: StdinMode::Null,
+        pty: None,
+    };
+    Prepared {
+        spec,
+        spawn,
+        input_paths: Vec::new(),
+    }
+}
+
+fn input_paths(sh: &Shared, task: &PlannedTask, deps: &DepInputs) -> Vec<String> {
+    let pkg = &sh.ws.packages[task.package];
+    let nested: Vec<&Path> = sh.nested[task.index].iter().map(PathBuf::as_path).collect();
+    let mut paths = sh.selections[task.index].inputs(&sh.ws.root, &pkg.dir, &nested);
+    paths.extend(deps.files.iter().cloned());
+    paths.sort();
+    paths.dedup();
+    paths
+}
+
+/// Fingerprints the item's input files and adds the dependency stamps.
+fn fingerprint_inputs(
+    sh: &Shared,
+    paths: &[String],
+    deps: &DepInputs,
+) -> Result<InputFingerprint, baton_cache::FingerprintError> {
+    let mut fp = fingerprint_paths(&sh.ws.root, paths)?;
+    for (name, stamp) in &deps.stamps {
+        fp.insert(name.clone(), PathState::File { hash: *stamp });
+    }
+    Ok(fp)
+}
+
+/// Size and modification time of a file (for "did this item change it").
+fn file_stat(path: &Path) -> Option<(u64, std::time::SystemTime)> {
+    let m = std::fs::symlink_metadata(path).ok()?;
+    Some((m.len(), m.modified().ok()?))
+}
+
+fn output_stats(sh: &Shared, task: &PlannedTask) -> BTreeMap<String, (u64, std::time::SystemTime)> {
+    output_paths(sh, task)
+        .into_iter()
+        .filter_map(|p| file_stat(&sh.ws.root.join(&p)).map(|s| (p, s)))
+        .collect()
+}
+
+fn output_paths(sh: &Shared, task: &PlannedTask) -> Vec<String> {
+    let pkg = &sh.ws.packages[task.package];
+    let nested: Vec<&Path> = sh.nested[task.index].iter().map(PathBuf::as_path).collect();
+    sh.selections[task.index].outputs(&sh.ws.root, &pkg.dir, &nested)
+}
+
+async fn run_item(
+    sh: &Arc<Shared>,
+    task: &PlannedTask,
+    item: usize,
+    dep_inputs: &DepInputs,
+) -> ItemRun {
+    let started = Instant::now();
+    let mut prepared = prepare(sh, task, item);
+    let task_key = if task.items.len() == 1 {
+        task.id.clone()
+    } else {
+        format!("{}[{item}]", task.id)
+    };
+    let cacheable = sh.store.is_some() && task.config.cache != Some(false);
+    let mut pre_inputs: Option<InputFingerprint> = None;
+    let status = if !cacheable {
+        CacheStatus::Disabled(if task.config.cache == Some(false) {
+            "cache: false in config".into()
+        } else {
+            "--no-cache".into()
+        })
+    } else {
+        let sh2 = sh.clone();
+        let t = task.index;
+        let dep_inputs = dep_inputs.clone();
+        let spawn = prepared.spawn.clone();
+        let key = task_key.clone();
+        let lookup = tokio::task::spawn_blocking(move || {
+            let task = &sh2.plan.tasks[t];
+            let paths = input_paths(&sh2, task, &dep_inputs);
+            let fp = fingerprint_inputs(&sh2, &paths, &dep_inputs);
+            let store = sh2.store.as_ref().expect("cacheable implies a store");
+            let res = match &fp {
+                Ok(fp) => store.lookup(&key, &spawn, &CurrentInputs::complete(fp)),
+                Err(e) => Ok(Lookup::Miss(MissReason::Unreadable {
+                    path: e.path.clone(),
+                    error: e.source.to_string(),
+                })),
+            };
+            (paths, fp.ok(), res)
+        })
+        .await
+        .expect("lookup does not panic");
+        let (paths, fp, res) = lookup;
+        prepared.input_paths = paths;
+        match res {
+            Ok(Lookup::Hit(hit)) => {
+                let stamp = fp
+                    .as_ref()
+                    .map(|fp| result_stamp(&prepared.spawn, fp))
+                    .unwrap_or_else(fresh_stamp);
+                return replay(sh, task, item, hit, started, stamp).await;
+            }
+            Ok(Lookup::Miss(reason)) => {
+                pre_inputs = fp;
+                CacheStatus::Miss(reason.to_string())
+            }
+            Err(e) => {
+                pre_inputs = fp;
+                CacheStatus::Miss(format!("cache lookup failed: {e}"))
+            }
+        }
+    };
+    sh.reporter.event(RunEvent::ItemStart {
+        task: task.index,
+        item,
+        items: task.items.len(),
+        command: task.items[item].display(),
+        status: status.clone(),
+    });
+    // With several items, an item's outputs are the matching files it created or changed.
+    let before = (task.items.len() > 1).then(|| output_stats(sh, task));
+    let (exit_code, logs) = execute(sh, task, item, prepared.spec).await;
+    let duration = started.elapsed();
+    let mut outputs = Vec::new();
+    let mut stamp = fresh_stamp();
+    if exit_code == 0 {
+        outputs = output_paths(sh, task);
+        if let Some(before) = &before {
+            let root = &sh.ws.root;
+            outputs.retain(|p| before.get(p) != file_stat(&root.join(p)).as_ref());
+        }
+        if let (CacheStatus::Miss(_), Some(pre)) = (&status, pre_inputs) {
+            stamp = result_stamp(&prepared.spawn, &pre);
+            let store = sh.store.clone().expect("miss implies a store");
+            let sh2 = sh.clone();
+            let spawn = prepared.spawn.clone();
+            let paths = prepared.input_paths.clone();
+            let outs = outputs.clone();
+            let key = task_key.clone();
+            let deps = dep_inputs.clone();
+            let note = tokio::task::spawn_blocking(move || {
+                let post = fingerprint_inputs(&sh2, &paths, &deps);
+                match post {
+                    Ok(post) if post == pre => {}
+                    Ok(post) => {
+                        let why = pre
+                            .diff(&post)
+                            .map(|r| r.to_string())
+                            .unwrap_or_else(|| "inputs changed".into());
+                        return Some(format!("not cached: input changed during the run ({why})"));
+                    }
+                    Err(e) => return Some(format!("not cached: {e}")),
+                }
+                let entry = NewEntry {
+                    task_id: &key,
+                    spawn: &spawn,
+                    inputs: &pre,
+                    root: &sh2.ws.root,
+                    outputs: &outs,
+                    logs: &logs,
+                    duration,
+                };
+                match store.put(&entry) {
+                    Ok(_) => None,
+                    Err(e) => Some(format!("not cached: {e}")),
+                }
+            })
+            .await
+            .expect("store does not panic");
+            if let Some(message) = note {
+                sh.reporter.event(RunEvent::Note {
+                    task: task.index,
+                    item,
+                    message,
+                });
+            }
+        }
+    }
+    ItemRun {
+        result: ItemResult {
+            task: task.index,
+            task_id: task.id.clone(),
+            item,
+            cache: status,
+            exit_code,
+            duration,
+            saved: Duration::ZERO,
+        },
+        outputs,
+        stamp,
+    }
+}
+
+async fn replay(
+    sh: &Arc<Shared>,
+    task: &PlannedTask,
+    item: usize,
+    hit: baton_cache::CachedRun,
+    started: Instant,
+    stamp: Digest,
+) -> ItemRun {
+    let root = sh.ws.root.clone();
+    let (hit, restored) = tokio::task::spawn_blocking(move || {
+        let r = hit.restore_outputs(&root);
+        (hit, r)
+    })
+    .await
+    .expect("restore does not panic");
+    match restored {
+        Ok(stats) => {
+            sh.reporter.event(RunEvent::ItemStart {
+                task: task.index,
+                item,
+                items: task.items.len(),
+                command: task.items[item].display(),
+                status: CacheStatus::Hit,
+            });
+            if stats.written > 0 {
+                sh.reporter.event(RunEvent::Note {
+                    task: task.index,
+                    item,
+                    message: format!(
+                        "restored {} output file(s), {} already up to date",
+                        stats.written, stats.skipped
+                    ),
+                });
+            }
+            for chunk in hit.logs() {
+                sh.reporter.event(RunEvent::Output {
+                    task: task.index,
+                    item,
+                    stream: match chunk.stream {
+                        baton_cache::Stream::Stdout => OutStream::Stdout,
+                        baton_cache::Stream::Stderr => OutStream::Stderr,
+                    },
+                    bytes: chunk.bytes.clone(),
+                });
+            }
+            ItemRun {
+                result: ItemResult {
+                    task: task.index,
+                    task_id: task.id.clone(),
+                    item,
+                    cache: CacheStatus::Hit,
+                    exit_code: 0,
+                    duration: started.elapsed(),
+                    saved: hit.duration(),
+                },
+                outputs: hit.outputs().iter().map(|o| o.path.clone()).collect(),
+                stamp,
+            }
+        }
+        Err(e) => {
+            // A restore failure is a miss: run the item for real.
+            sh.reporter.event(RunEvent::Note {
+                task: task.index,
+                item,
+                message: format!("restoring outputs failed ({e}); running instead"),
+            });
+            let prepared = prepare(sh, task, item);
+            sh.reporter.event(RunEvent::ItemStart {
+                task: task.index,
+                item,
+                items: task.items.len(),
+                command: task.items[item].display(),
+                status: CacheStatus::Miss(format!("restore failed: {e}")),
+            });
+            let (exit_code, _logs) = execute(sh, task, item, prepared.spec).await;
+            ItemRun {
+                result: ItemResult {
+                    task: task.index,
+                    task_id: task.id.clone(),
+                    item,
+                    cache: CacheStatus::Miss(format!("restore failed: {e}")),
+                    exit_code,
+                    duration: started.elapsed(),
+                    saved: Duration::ZERO,
+                },
+                outputs: output_paths(sh, task),
+                stamp: fresh_stamp(),
+            }
+        }
+    }
+}
+
+/// Spawns the item, streams its output to the reporter, records it. Returns (exit code, logs).
+async fn execute(
+    sh: &Arc<Shared>,
+    task: &PlannedTask,
+    item: usize,
+    spec: CommandSpec,
+) -> (i32, Vec<LogChunk>) {
+    let program = spec.program.clone();
+    let process = match baton_exec::spawn(&spec, SpawnOptions::streaming()) {
+        Ok(p) => p,
+        Err(e) => {
+            let msg = format!("baton: cannot start {}: {e}\n", program.to_string_lossy());
+            sh.reporter.event(RunEvent::Output {
+                task: task.index,
+                item,
+                stream: OutStream::Stderr,
+                bytes: msg.into_bytes(),
+            });
+            return (127, Vec::new());
+        }
+    };
+    let mut events = process
+        .take_events()
+        .expect("a streaming process hands out its events once");
+    let mut logs: Vec<LogChunk> = Vec::new();
+    let mut exit = None;
+    loop {
+        let ev = tokio::select! {
+            ev = events.recv() => ev,
+            _ = sh.stop.cancelled() => {
+                process.terminate();
+                break;
+            }
+        };
+        let Some(ev) = ev else { break };
+        match ev {
+            ProcessEvent::Output { stream, chunk, .. } => {
+                let out = match stream {
+                    Stream::Stderr => OutStream::Stderr,
+                    _ => OutStream::Stdout,
+                };
+                logs.push(LogChunk {
+                    stream: match out {
+                        OutStream::Stdout => baton_cache::Stream::Stdout,
+                        OutStream::Stderr => baton_cache::Stream::Stderr,
+                    },
+                    bytes: chunk.to_vec(),
+                });
+                sh.reporter.event(RunEvent::Output {
+                    task: task.index,
+                    item,
+                    stream: out,
+                    bytes: chunk.to_vec(),
+                });
+            }
+            ProcessEvent::Exited { status, .. } => exit = Some(status.code_for_shell()),
+            ProcessEvent::Closed { .. } => break,
+        }
+    }
+    let code = match exit {
+        Some(c) => c,
+        None => process.wait().await.code_for_shell(),
+    };
+    (code, logs)
+}

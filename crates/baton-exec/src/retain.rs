@@ -1,0 +1,194 @@
+//! The byte-bounded retention buffer behind [`crate::Process::read`].
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+use crate::process::{ExitStatus, Stream};
+
+/// Default retention bound per process: 8 MiB of output bytes (DESIGN.md section 2).
+pub const DEFAULT_RETAINED_BYTES: usize = 8 * 1024 * 1024;
+
+/// One retained output chunk, as returned by [`crate::Process::read`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    /// Position in the process's event sequence (from 1, shared with exit and close events).
+    pub seq: u64,
+    /// Which stream the bytes came from.
+    pub stream: Stream,
+    /// The raw bytes, exactly as read (not UTF-8 checked).
+    pub bytes: Bytes,
+}
+
+/// The answer of [`crate::Process::read`] (the shape of the exec-server `process/read` result).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadResult {
+    /// Output chunks with `seq > after_seq`, oldest first, contiguous in the retained order;
+    /// limited by `max_bytes` but always at least one chunk when one is available.
+    pub chunks: Vec<Chunk>,
+    /// The seq to continue from: pass `next_seq - 1` as the next `after_seq`. It is the last
+    /// returned chunk's seq + 1 when chunks were held back by `max_bytes`, else the process's
+    /// latest event seq + 1 (so exit/close events are stepped over too).
+    pub next_seq: u64,
+    /// Whether the process (the group leader) has exited.
+    pub exited: bool,
+    /// [`ExitStatus::code_for_shell`] once exited: the exit code, or 128 + signal number.
+    pub exit_code: Option<i32>,
+    /// The full exit status once exited.
+    pub exit_status: Option<ExitStatus>,
+    /// Whether the process exited AND all its output streams reached EOF: nothing more will come.
+    pub closed: bool,
+    /// `Some(s)` when output chunks after `after_seq` and before seq `s` were evicted from the
+    /// retention buffer and are lost to this reader; `chunks` then starts at `s` or later.
+    pub evicted_before: Option<u64>,
+}
+
+/// Retained state of one process (behind that process's own mutex).
+#[derive(Debug)]
+pub(crate) struct Retained {
+    chunks: VecDeque<Chunk>,
+    bytes: usize,
+    max_bytes: usize,
+    /// Highest seq of an evicted chunk (0: nothing evicted).
+    evicted_through: u64,
+    /// Latest seq of any event published.
+    pub(crate) last_seq: u64,
+    pub(crate) exit: Option<ExitStatus>,
+    pub(crate) closed: bool,
+}
+
+impl Retained {
+    pub(crate) fn new(max_bytes: usize) -> Self {
+        Self {
+            chunks: VecDeque::new(),
+            bytes: 0,
+            max_bytes,
+            evicted_through: 0,
+            last_seq: 0,
+            exit: None,
+            closed: false,
+        }
+    }
+
+    /// Appends an output chunk and evicts the oldest ones while over the bound (keeping at least
+    /// the newest chunk, even when it alone is larger than the bound).
+    pub(crate) fn push(&mut self, chunk: Chunk) {
+        self.last_seq = chunk.seq;
+        self.bytes += chunk.bytes.len();
+        self.chunks.push_back(chunk);
+        while self.bytes > self.max_bytes && self.chunks.len() > 1 {
+            if let Some(old) = self.chunks.pop_front() {
+                self.bytes -= old.bytes.len();
+                self.evicted_through = old.seq;
+            }
+        }
+    }
+
+    /// Bytes currently retained.
+    #[cfg(test)]
+    pub(crate) fn retained_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Whether a read after `after_seq` has anything to report right now (new events, or the end).
+    pub(crate) fn has_news(&self, after_seq: u64) -> bool {
+        self.last_seq > after_seq || self.closed
+    }
+
+    /// Builds the answer for a read after `after_seq` of at most `max_bytes` (at least one chunk).
+    pub(crate) fn read(&self, after_seq: u64, max_bytes: Option<usize>) -> ReadResult {
+        let start = self.chunks.partition_point(|c| c.seq <= after_seq);
+        let evicted_before = (self.evicted_through > after_seq).then_some(self.evicted_through + 1);
+        let mut chunks = Vec::new();
+        let mut total = 0usize;
+        let mut truncated = false;
+        for chunk in self.chunks.iter().skip(start) {
+            let len = chunk.bytes.len();
+            if let Some(max) = max_bytes
+                && !chunks.is_empty()
+                && total + len > max
+            {
+                truncated = true;
+                break;
+            }
+            total += len;
+            chunks.push(chunk.clone());
+        }
+        let next_seq = match chunks.last() {
+            Some(last) if truncated => last.seq + 1,
+            _ => self.last_seq + 1,
+        };
+        ReadResult {
+            chunks,
+            next_seq,
+            exited: self.exit.is_some(),
+            exit_code: self.exit.map(|s| s.code_for_shell()),
+            exit_status: self.exit,
+            closed: self.closed,
+            evicted_before,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(seq: u64, text: &str) -> Chunk {
+        Chunk {
+            seq,
+            stream: Stream::Stdout,
+            bytes: Bytes::copy_from_slice(text.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn evicts_oldest_and_reports_it() {
+        let mut r = Retained::new(10);
+        r.push(chunk(1, "aaaa"));
+        r.push(chunk(2, "bbbb"));
+        assert_eq!(r.retained_bytes(), 8);
+        r.push(chunk(3, "cccc"));
+        assert_eq!(r.retained_bytes(), 8);
+        let res = r.read(0, None);
+        assert_eq!(res.evicted_before, Some(2));
+        assert_eq!(
+            res.chunks.iter().map(|c| c.seq).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+        assert_eq!(res.next_seq, 4);
+        // a reader already past the evicted part is not told anything was lost
+        let res = r.read(1, None);
+        assert_eq!(res.evicted_before, None);
+        assert_eq!(res.chunks.len(), 2);
+    }
+
+    #[test]
+    fn max_bytes_returns_at_least_one_chunk_and_continues() {
+        let mut r = Retained::new(1000);
+        r.push(chunk(1, "0123456789"));
+        r.push(chunk(2, "abc"));
+        r.last_seq = 3; // an exit event
+        let res = r.read(0, Some(4));
+        assert_eq!(res.chunks.len(), 1);
+        assert_eq!(res.next_seq, 2);
+        let res = r.read(1, Some(4));
+        assert_eq!(res.chunks.len(), 1);
+        assert_eq!(res.chunks[0].seq, 2);
+        assert_eq!(res.next_seq, 4, "steps over the exit event");
+        let res = r.read(3, Some(4));
+        assert!(res.chunks.is_empty());
+        assert_eq!(res.next_seq, 4);
+        assert!(!r.has_news(3));
+        assert!(r.has_news(2));
+    }
+
+    #[test]
+    fn a_single_huge_chunk_is_kept() {
+        let mut r = Retained::new(2);
+        r.push(chunk(1, "abcdef"));
+        let res = r.read(0, Some(1));
+        assert_eq!(res.chunks.len(), 1);
+        assert_eq!(res.evicted_before, None);
+    }
+}

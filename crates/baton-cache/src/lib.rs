@@ -1,1 +1,69 @@
-//! baton-cache (placeholder until its issue lands).
+//! The local task cache of `baton run`: fingerprints, the store, output archives and miss
+//! reasons.
+//!
+//! # Model
+//!
+//! A task run is keyed by its [`SpawnFingerprint`] (cwd, program, args, env fingerprint, input and
+//! output configuration, command text; env values only as BLAKE3 digests). Every entry stored
+//! under a spawn key also records an [`InputFingerprint`]: the state after the run of every input
+//! path (file content hash, directory listing hash, or absent). [`CacheStore::lookup`] takes the
+//! newest entries with the same spawn key and hits on the first whose recorded inputs all still
+//! have the same state ([`CurrentInputs`] supplies the current states: a complete globbed
+//! fingerprint, probing of recorded paths, or both). A miss is a value with a precise
+//! [`MissReason`] (`'src/a.ts' modified`, `env NODE_ENV changed`, `args changed`, …).
+//!
+//! # Layout (schema version 1)
+//!
+//! ```text
+//! <dir>/                      usually <workspace>/.baton/cache (CacheStore::default_dir)
+//!   v1/                       one directory per layout version (SCHEMA_VERSION)
+//!     meta.sqlite             SQLite, WAL mode, busy timeout 30 s
+//!       entries(id, task_id, spawn_key BLOB(32), created_ms, duration_us,
+//!               inputs BLOB, manifest BLOB, archive BLOB(32)?, archive_size?,
+//!               logs_inline BLOB?, logs_blob BLOB(32)?, logs_size?)
+//!       last_run(task_id PRIMARY KEY, spawn_key, spawn TEXT)   -- JSON SpawnFingerprint
+//!     blobs/ab/abcdef…        zstd frame; name = hex BLAKE3 of the *uncompressed* content
+//!     tmp/                    archives being written (renamed into blobs/ when complete)
+//! ```
+//!
+//! * `inputs`, `manifest` and inline logs use a compact tagged binary encoding (varints,
+//!   length-prefixed strings, raw 32-byte digests).
+//! * The output archive is one tar stream (GNU headers, mtime 0, mode bits kept, symlinks as
+//!   links) compressed with zstd; the manifest lists each output's path, size, BLAKE3 and mode.
+//! * Logs are ordered `(stream, bytes)` chunks, inline in the row up to 16 KiB, else a blob.
+//!
+//! # Safety properties
+//!
+//! * Crash safety: blobs are written to a temp name (`.baton-tmp-*`) and renamed; the entry row
+//!   is inserted only afterwards, inside a transaction that re-checks the blobs exist. A temp file
+//!   is never read. No fsync: a blob damaged by power loss fails verification and becomes a miss.
+//! * Verification: the logs blob is hashed on lookup; the archive blob's size is checked on
+//!   lookup and every restored file is checked against the manifest's size and BLAKE3 before
+//!   any file is renamed into place. A damaged entry is deleted and reported as
+//!   `cache entry corrupt: …`, never restored wrongly.
+//! * Restores refuse absolute and `..` archive paths and directories that resolve outside the
+//!   workspace; they write temp files next to the target and rename them.
+//! * Concurrency: one connection per [`CacheStore`] behind a mutex (held per query, not during
+//!   hashing); writers use `BEGIN IMMEDIATE`; several processes can share a directory.
+//! * Secrets: env values never reach the disk, only their digests.
+
+mod archive;
+mod codec;
+mod error;
+mod fingerprint;
+mod miss;
+mod store;
+
+pub use archive::{LogChunk, OutputFile, OutputKind, RestoreStats, Stream};
+pub use error::CacheError;
+pub use fingerprint::{
+    Digest, EnvFingerprint, FingerprintError, InputFingerprint, PathState, SpawnFingerprint,
+    fingerprint_paths, hash_file, key_to_path, listing_hash, lossless_string,
+    os_string_from_lossless, path_state, path_to_key,
+};
+pub use miss::MissReason;
+pub use store::{
+    CacheStats, CacheStore, CachedRun, CleanStats, CurrentInputs, Lookup,
+    MAX_ENTRIES_PER_SPAWN_KEY, MAX_ENTRIES_PER_TASK, NewEntry, Probe, PutStats, SCHEMA_VERSION,
+    SchemaStats,
+};

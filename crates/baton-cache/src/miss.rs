@@ -1,0 +1,70 @@
+//! Why a lookup missed.
+
+use std::fmt;
+
+/// Why a cache lookup missed. `Display` gives the text printed after `cache miss: `, e.g.
+/// `'src/a.ts' modified` or `env NODE_ENV changed`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MissReason {
+    /// No entry and no earlier run of this task: `not found in cache`.
+    NotFound,
+    /// An input file's or directory listing's content changed: `'path' modified`.
+    Modified(String),
+    /// An input appeared (newly matched by a glob, or a probed-absent path now exists):
+    /// `'path' added`.
+    Added(String),
+    /// An input disappeared: `'path' removed`.
+    Removed(String),
+    /// An input could not be read to check it: `'path' unreadable: error`.
+    Unreadable {
+        /// The input path (relative to the workspace root).
+        path: String,
+        /// The I/O error text.
+        error: String,
+    },
+    /// A tracked env value changed, or it moved between tracked and pass-through:
+    /// `env NAME changed`.
+    EnvChanged(String),
+    /// An env variable is newly part of the key: `env NAME added`.
+    EnvAdded(String),
+    /// An env variable is no longer part of the key: `env NAME removed`.
+    EnvRemoved(String),
+    /// Same command text, different arguments (extra args after the task name): `args changed`.
+    ArgsChanged,
+    /// The command text changed: `command changed`.
+    CommandChanged,
+    /// Same command text, different program: `program changed`.
+    ProgramChanged,
+    /// The working directory changed: `cwd changed`.
+    CwdChanged,
+    /// The configured inputs changed: `input config changed`.
+    InputConfigChanged,
+    /// The configured outputs changed: `output config changed`.
+    OutputConfigChanged,
+    /// The matching entry was damaged (missing or corrupt blob, undecodable row) and has been
+    /// deleted: `cache entry corrupt: detail`.
+    Corrupt(String),
+}
+
+impl fmt::Display for MissReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotFound => f.write_str("not found in cache"),
+            Self::Modified(p) => write!(f, "'{p}' modified"),
+            Self::Added(p) => write!(f, "'{p}' added"),
+            Self::Removed(p) => write!(f, "'{p}' removed"),
+            Self::Unreadable { path, error } => write!(f, "'{path}' unreadable: {error}"),
+            Self::EnvChanged(n) => write!(f, "env {n} changed"),
+            Self::EnvAdded(n) => write!(f, "env {n} added"),
+            Self::EnvRemoved(n) => write!(f, "env {n} removed"),
+            Self::ArgsChanged => f.write_str("args changed"),
+            Self::CommandChanged => f.write_str("command changed"),
+            Self::ProgramChanged => f.write_str("program changed"),
+            Self::CwdChanged => f.write_str("cwd changed"),
+            Self::InputConfigChanged => f.write_str("input config changed"),
+            Self::OutputConfigChanged => f.write_str("output config changed"),
+            Self::Corrupt(d) => write!(f, "cache entry corrupt: {d}"),
+        }
+    }
+}

@@ -243,15 +243,20 @@ mod tests {
     #[test]
     fn shell_features_fall_back() {
         assert_eq!(
-            parse_command("echo $HOME && ls | wc -l").unwrap(),
+            parse_command("echo $HOME && ls -l").unwrap(),
             vec![
                 CommandItem::Shell {
                     script: "echo $HOME".into()
                 },
-                CommandItem::Shell {
-                    script: "ls | wc -l".into()
-                }
+                direct("ls", &["-l"])
             ]
+        );
+        // A pipe anywhere keeps the whole line in one shell.
+        assert_eq!(
+            parse_command("a && ls | wc -l").unwrap(),
+            vec![CommandItem::Shell {
+                script: "a && ls | wc -l".into()
+            }]
         );
         assert_eq!(
             parse_command("a && b || c").unwrap(),

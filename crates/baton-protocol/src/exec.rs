@@ -367,8 +367,9 @@ pub struct ReadResponse {
     pub closed: bool,
     /// Why the process could not be followed (client-side transport failure, or spawn failure).
     pub failure: Option<String>,
-    /// Baton extension: output up to and including this seq was evicted (retention limit) and
-    /// is missing from `chunks`; absent when nothing requested was evicted.
+    /// Baton extension: output chunks with `afterSeq < seq < evictedBefore` were evicted
+    /// (retention limit) and are missing from `chunks`; absent when nothing requested was
+    /// evicted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evicted_before: Option<u64>,
 }
@@ -385,6 +386,14 @@ pub struct WriteParams {
     /// written twice. Optional in Baton; always sent by Baton's client (Codex requires it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub write_id: Option<String>,
+    /// Baton extension: close stdin after writing `chunk` (the child then reads EOF; on a pty
+    /// the terminal EOF character is sent). Not understood by Codex, so only sent when true.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub close_stdin: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Outcome of `process/write`.

@@ -1,0 +1,767 @@
+//! The exec server core: connections, the handshake, sessions and the `process/*` methods.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use baton_exec::{CommandSpec, Process, ProcessEvent, PtySize, SpawnOptions, StdinMode};
+use baton_protocol::exec::{
+    self as proto, ClosedNotification, Empty, ExitedNotification, InitializeParams,
+    InitializeResponse, OutputChunk, OutputNotification, OutputStream, ProcessId, ReadParams,
+    ReadResponse, ResizeParams, SignalParams, StartParams, StartResponse, TerminateParams,
+    TerminateResponse, WriteParams, WriteResponse, WriteStatus, error_codes, methods,
+};
+use baton_protocol::jsonrpc::RpcError;
+use baton_rpc::{Connection, ConnectionConfig, Handler, Peer, Transport};
+use futures::future::BoxFuture;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::ServerConfig;
+use crate::paths::{Last, Roots};
+
+/// Longest accepted `waitMs` (longer waits are shortened to this): one hour.
+const MAX_WAIT: Duration = Duration::from_secs(3600);
+/// How many `writeId`s are remembered per process for idempotent retries.
+const WRITE_IDS_KEPT: usize = 4096;
+
+/// An exec server: sessions, their processes and the connections attached to them.
+/// Cheap to clone; all clones are the same server. Needs a tokio runtime.
+#[derive(Clone)]
+pub struct ExecServer {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: ServerConfig,
+    roots: Roots,
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    conns: Mutex<HashMap<u64, Peer>>,
+    next_conn: AtomicU64,
+    next_session: AtomicU64,
+    pub(crate) shutdown: CancellationToken,
+}
+
+struct Session {
+    id: String,
+    state: Mutex<SessionState>,
+}
+
+#[derive(Default)]
+struct SessionState {
+    /// The attached connection: its id and peer.
+    attached: Option<(u64, Peer)>,
+    /// Bumped on every attach/detach, so a stale expiry timer does nothing.
+    generation: u64,
+    ended: bool,
+    procs: HashMap<ProcessId, Arc<Proc>>,
+}
+
+struct Proc {
+    process: Process,
+    writable: bool,
+    write_ids: Mutex<(HashSet<String>, VecDeque<String>)>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Why [`ExecServer::new`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A `--root` directory does not exist or cannot be resolved.
+    #[error("invalid root directory")]
+    Root(#[source] std::io::Error),
+}
+
+impl ExecServer {
+    /// Creates a server. Roots are canonicalised now (an empty list means the current directory).
+    ///
+    /// Errors: [`ServerError::Root`] when a root cannot be resolved.
+    pub fn new(config: ServerConfig) -> Result<Self, ServerError> {
+        let mut roots = config.roots.clone();
+        if roots.is_empty() {
+            roots.push(std::env::current_dir().map_err(ServerError::Root)?);
+        }
+        let roots = Roots::new(&roots).map_err(ServerError::Root)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                roots,
+                sessions: Mutex::new(HashMap::new()),
+                conns: Mutex::new(HashMap::new()),
+                next_conn: AtomicU64::new(1),
+                next_session: AtomicU64::new(1),
+                shutdown: CancellationToken::new(),
+            }),
+        })
+    }
+
+    /// The canonical allowed roots.
+    pub fn roots(&self) -> &[std::path::PathBuf] {
+        self.inner.roots.paths()
+    }
+
+    /// Serves one client connection over `transport` (in background tasks) and returns its
+    /// peer; `peer.closed()` resolves when it ends. `name` is used in logs.
+    pub fn serve_connection(&self, transport: Transport, name: &str) -> Peer {
+        let conn_id = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
+        let handler = Arc::new(ConnHandler {
+            server: self.inner.clone(),
+            conn_id,
+            state: Mutex::new(ConnState::default()),
+        });
+        let peer = Connection::spawn(
+            transport,
+            ConnectionConfig {
+                max_message_bytes: self.inner.config.max_message_bytes,
+                name: name.to_owned(),
+            },
+            handler.clone(),
+        );
+        lock(&self.inner.conns).insert(conn_id, peer.clone());
+        if self.inner.shutdown.is_cancelled() {
+            peer.close("server shutting down");
+        }
+        let p = peer.clone();
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let reason = p.closed().await;
+            tracing::debug!(connection = p.name(), %reason, "connection closed");
+            lock(&inner.conns).remove(&conn_id);
+            let session = lock(&handler.state).session.take();
+            if let Some(session) = session {
+                detach(&inner, &session, conn_id);
+            }
+        });
+        peer
+    }
+
+    /// Shuts down: closes every connection and kills every process of every session (whole
+    /// process groups). Idempotent.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        let conns: Vec<Peer> = lock(&self.inner.conns).values().cloned().collect();
+        for c in conns {
+            c.close("server shutting down");
+        }
+        let sessions: Vec<Arc<Session>> =
+            lock(&self.inner.sessions).drain().map(|(_, s)| s).collect();
+        for s in sessions {
+            end_session(&s);
+        }
+        baton_exec::kill_all();
+    }
+
+    /// Resolves when [`ExecServer::shutdown`] has been called.
+    pub async fn shut_down(&self) {
+        self.inner.shutdown.cancelled().await;
+    }
+
+    /// Number of live sessions (attached or detached).
+    pub fn session_count(&self) -> usize {
+        lock(&self.inner.sessions).len()
+    }
+}
+
+/// Detaches `conn_id` from the session; after the TTL without a resume the session ends.
+fn detach(inner: &Arc<Inner>, session: &Arc<Session>, conn_id: u64) {
+    let generation = {
+        let mut st = lock(&session.state);
+        match &st.attached {
+            Some((id, _)) if *id == conn_id => {}
+            _ => return,
+        }
+        st.attached = None;
+        st.generation += 1;
+        st.generation
+    };
+    let ttl = inner.config.session_ttl;
+    let inner = Arc::downgrade(inner);
+    let session = Arc::downgrade(session);
+    tokio::spawn(async move {
+        tokio::time::sleep(ttl).await;
+        let (Some(inner), Some(session)) = (inner.upgrade(), session.upgrade()) else {
+            return;
+        };
+        {
+            let st = lock(&session.state);
+            if st.attached.is_some() || st.generation != generation || st.ended {
+                return;
+            }
+        }
+        tracing::info!(session = %session.id, "session expired after {ttl:?} detached");
+        lock(&inner.sessions).remove(&session.id);
+        end_session(&session);
+    });
+}
+
+/// Kills every process of the session and forgets them.
+fn end_session(session: &Session) {
+    let procs: Vec<Arc<Proc>> = {
+        let mut st = lock(&session.state);
+        st.ended = true;
+        st.attached = None;
+        st.procs.drain().map(|(_, p)| p).collect()
+    };
+    for p in procs {
+        p.process.terminate();
+    }
+}
+
+#[derive(Default)]
+struct ConnState {
+    /// `initialize` was received (it may still be in progress).
+    initialize_seen: bool,
+    session: Option<Arc<Session>>,
+    initialized: bool,
+}
+
+struct ConnHandler {
+    server: Arc<Inner>,
+    conn_id: u64,
+    state: Mutex<ConnState>,
+}
+
+fn parse<T: DeserializeOwned>(params: Value) -> Result<T, RpcError> {
+    let params = if params.is_null() {
+        Value::Object(Default::default())
+    } else {
+        params
+    };
+    serde_json::from_value(params).map_err(|e| RpcError::invalid_params(format!("{e}")))
+}
+
+fn to_value<T: Serialize>(v: T) -> Result<Value, RpcError> {
+    serde_json::to_value(v).map_err(|e| RpcError::internal(e.to_string()))
+}
+
+impl Handler for ConnHandler {
+    fn request(
+        &self,
+        peer: &Peer,
+        method: String,
+        params: Value,
+    ) -> BoxFuture<'static, Result<Value, RpcError>> {
+        if method == methods::INITIALIZE {
+            let r = self.initialize(peer, params);
+            return Box::pin(async move { r });
+        }
+        let known = matches!(
+            method.as_str(),
+            methods::PROCESS_START
+                | methods::PROCESS_READ
+                | methods::PROCESS_WRITE
+                | methods::PROCESS_TERMINATE
+                | methods::PROCESS_SIGNAL
+                | methods::PROCESS_RESIZE
+                | methods::FS_READ_FILE
+                | methods::FS_WRITE_FILE
+                | methods::FS_CREATE_DIRECTORY
+                | methods::FS_GET_METADATA
+                | methods::FS_READ_DIRECTORY
+                | methods::FS_REMOVE
+                | methods::FS_COPY
+        );
+        if !known {
+            return Box::pin(async move { Err(RpcError::method_not_found(&method)) });
+        }
+        let session = {
+            let st = lock(&self.state);
+            match (&st.session, st.initialized) {
+                (Some(s), true) => s.clone(),
+                _ => {
+                    return Box::pin(async move {
+                        Err(RpcError::invalid_request(format!(
+                            "`{method}` before the handshake: send `initialize` and \
+                             `initialized` first"
+                        )))
+                    });
+                }
+            }
+        };
+        let inner = self.server.clone();
+        Box::pin(async move { dispatch(inner, session, &method, params).await })
+    }
+
+    fn notification(&self, _peer: &Peer, method: String, _params: Value) {
+        if method == methods::INITIALIZED {
+            let mut st = lock(&self.state);
+            if st.session.is_some() {
+                st.initialized = true;
+            } else {
+                tracing::debug!("`initialized` before `initialize` ignored");
+            }
+        } else {
+            tracing::debug!("ignoring notification `{method}`");
+        }
+    }
+}
+
+impl ConnHandler {
+    fn initialize(&self, peer: &Peer, params: Value) -> Result<Value, RpcError> {
+        let params: InitializeParams = parse(params)?;
+        {
+            let mut st = lock(&self.state);
+            if st.initialize_seen {
+                return Err(RpcError::invalid_request(
+                    "`initialize` was already sent on this connection",
+                ));
+            }
+            st.initialize_seen = true;
+        }
+        let result = self.attach(peer, &params);
+        match result {
+            Ok(session) => {
+                let id = session.id.clone();
+                lock(&self.state).session = Some(session);
+                tracing::info!(session = %id, client = %params.client_name, "client attached");
+                to_value(InitializeResponse { session_id: id })
+            }
+            Err(e) => {
+                // A refused handshake may be retried on the same connection.
+                lock(&self.state).initialize_seen = false;
+                Err(e)
+            }
+        }
+    }
+
+    fn attach(&self, peer: &Peer, params: &InitializeParams) -> Result<Arc<Session>, RpcError> {
+        let inner = &self.server;
+        if let Some(id) = &params.resume_session_id {
+            let session = lock(&inner.sessions)
+                .get(id)
+                .cloned()
+                .ok_or_else(|| RpcError::invalid_request(format!("unknown session `{id}`")))?;
+            let mut st = lock(&session.state);
+            if st.ended {
+                return Err(RpcError::invalid_request(format!("unknown session `{id}`")));
+            }
+            if let Some((_, old)) = &st.attached {
+                // Refuse, and evict the old connection so that a retry succeeds: the old one
+                // is usually a half-open connection the client has already given up on.
+                old.close("session resumed by another connection");
+                return Err(RpcError::new(
+                    error_codes::SESSION_ATTACHED,
+                    format!("session `{id}` is already attached to another connection"),
+                ));
+            }
+            st.attached = Some((self.conn_id, peer.clone()));
+            st.generation += 1;
+            drop(st);
+            return Ok(session);
+        }
+        let n = inner.next_session.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}-{n}", random_hex());
+        let session = Arc::new(Session {
+            id: id.clone(),
+            state: Mutex::new(SessionState {
+                attached: Some((self.conn_id, peer.clone())),
+                ..Default::default()
+            }),
+        });
+        lock(&inner.sessions).insert(id, session.clone());
+        Ok(session)
+    }
+}
+
+/// 64 random bits from the OS (session ids must not be guessable).
+fn random_hex() -> String {
+    let mut b = [0u8; 8];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read as _;
+        let _ = f.read_exact(&mut b);
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+async fn dispatch(
+    inner: Arc<Inner>,
+    session: Arc<Session>,
+    method: &str,
+    params: Value,
+) -> Result<Value, RpcError> {
+    match method {
+        methods::PROCESS_START => to_value(start(&inner, &session, parse(params)?)?),
+        methods::PROCESS_READ => to_value(read(&inner, &session, parse(params)?).await?),
+        methods::PROCESS_WRITE => to_value(write(&session, parse(params)?).await?),
+        methods::PROCESS_TERMINATE => {
+            let p: TerminateParams = parse(params)?;
+            let proc = find(&session, &p.process_id)?;
+            to_value(TerminateResponse {
+                running: proc.process.terminate(),
+            })
+        }
+        methods::PROCESS_SIGNAL => {
+            let p: SignalParams = parse(params)?;
+            let proc = find(&session, &p.process_id)?;
+            let sig = match p.signal {
+                proto::ProcessSignal::Interrupt => baton_exec::Signal::Interrupt,
+                proto::ProcessSignal::Terminate => baton_exec::Signal::Terminate,
+                proto::ProcessSignal::Kill => baton_exec::Signal::Kill,
+                proto::ProcessSignal::Hangup => baton_exec::Signal::Hangup,
+            };
+            proc.process
+                .signal(sig)
+                .map_err(|e| RpcError::internal(format!("{e}: {}", e.source)))?;
+            to_value(Empty {})
+        }
+        methods::PROCESS_RESIZE => {
+            let p: ResizeParams = parse(params)?;
+            let proc = find(&session, &p.process_id)?;
+            proc.process
+                .resize(p.rows, p.cols)
+                .map_err(|e| RpcError::invalid_params(e.to_string()))?;
+            to_value(Empty {})
+        }
+        _ => fs_dispatch(inner, method, params).await,
+    }
+}
+
+async fn fs_dispatch(inner: Arc<Inner>, method: &str, params: Value) -> Result<Value, RpcError> {
+    let method = method.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let roots = &inner.roots;
+        match method.as_str() {
+            methods::FS_READ_FILE => to_value(crate::fs::read_file(roots, parse(params)?)?),
+            methods::FS_WRITE_FILE => to_value(crate::fs::write_file(roots, parse(params)?)?),
+            methods::FS_CREATE_DIRECTORY => {
+                to_value(crate::fs::create_directory(roots, parse(params)?)?)
+            }
+            methods::FS_GET_METADATA => to_value(crate::fs::get_metadata(roots, parse(params)?)?),
+            methods::FS_READ_DIRECTORY => {
+                to_value(crate::fs::read_directory(roots, parse(params)?)?)
+            }
+            methods::FS_REMOVE => to_value(crate::fs::remove(roots, parse(params)?)?),
+            methods::FS_COPY => to_value(crate::fs::copy(roots, parse(params)?)?),
+            other => Err(RpcError::method_not_found(other)),
+        }
+    })
+    .await
+    .map_err(|e| RpcError::internal(format!("fs task failed: {e}")))?
+}
+
+fn find(session: &Session, id: &ProcessId) -> Result<Arc<Proc>, RpcError> {
+    lock(&session.state)
+        .procs
+        .get(id)
+        .cloned()
+        .ok_or_else(|| RpcError::invalid_request(format!("unknown process `{id}`")))
+}
+
+fn start(
+    inner: &Arc<Inner>,
+    session: &Arc<Session>,
+    p: StartParams,
+) -> Result<StartResponse, RpcError> {
+    let Some(program) = p.argv.first() else {
+        return Err(RpcError::invalid_params("`argv` must not be empty"));
+    };
+    let cwd = inner.roots.resolve(&p.cwd, Last::Follow)?;
+    if !cwd.is_dir() {
+        return Err(RpcError::invalid_params(format!(
+            "working directory '{}' is not a directory",
+            cwd.display()
+        )));
+    }
+    let env = crate::env::build(p.env_policy.as_ref(), &p.env, std::env::vars_os());
+    // A bare program name with no PATH in the child's env is looked up in the server's PATH.
+    let mut program_os: std::ffi::OsString = program.into();
+    let has_path = env.iter().any(|(k, _)| k == "PATH");
+    if !program.contains('/') && !has_path {
+        let server_path: Vec<_> = std::env::var_os("PATH")
+            .map(|v| vec![("PATH".into(), v)])
+            .unwrap_or_default();
+        if let Ok(resolved) = baton_exec::resolve_program(program.as_ref(), &server_path, &cwd) {
+            program_os = resolved.into_os_string();
+        }
+    }
+    let mut spec = CommandSpec::new(program_os, &cwd)
+        .args(p.argv.iter().skip(1))
+        .envs(env)
+        .arg0(p.arg0.clone().unwrap_or_else(|| program.clone()))
+        .stdin(if p.pipe_stdin {
+            StdinMode::Piped
+        } else {
+            StdinMode::Null
+        });
+    if p.tty {
+        spec = spec.pty(PtySize::default());
+    }
+    let mut st = lock(&session.state);
+    if st.ended {
+        return Err(RpcError::invalid_request("the session has ended"));
+    }
+    if st.procs.contains_key(&p.process_id) {
+        return Err(RpcError::invalid_request(format!(
+            "process `{}` already exists in this session",
+            p.process_id
+        )));
+    }
+    let options = SpawnOptions::retained_bytes(inner.config.retained_bytes);
+    let process = baton_exec::spawn(&spec, options).map_err(|e| {
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            message.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        match e {
+            baton_exec::SpawnError::Resolve(_)
+            | baton_exec::SpawnError::CwdMissing { .. }
+            | baton_exec::SpawnError::CwdNotDirectory { .. }
+            | baton_exec::SpawnError::Exec { .. } => RpcError::invalid_params(message),
+            _ => RpcError::internal(message),
+        }
+    })?;
+    let subscription = process.subscribe();
+    let proc = Arc::new(Proc {
+        process: process.clone(),
+        writable: p.pipe_stdin || p.tty,
+        write_ids: Mutex::new(Default::default()),
+    });
+    st.procs.insert(p.process_id.clone(), proc.clone());
+    drop(st);
+    tokio::spawn(forward(
+        Arc::downgrade(session),
+        p.process_id.clone(),
+        proc,
+        subscription,
+        inner.config.closed_retention,
+    ));
+    Ok(StartResponse {
+        process_id: p.process_id,
+    })
+}
+
+fn wire_stream(s: baton_exec::Stream) -> OutputStream {
+    match s {
+        baton_exec::Stream::Stdout => OutputStream::Stdout,
+        baton_exec::Stream::Stderr => OutputStream::Stderr,
+        baton_exec::Stream::Pty => OutputStream::Pty,
+    }
+}
+
+/// A notification ready to send.
+enum Note {
+    Output(OutputNotification),
+    Exited(ExitedNotification),
+    Closed(ClosedNotification),
+}
+
+/// Pushes a process's events to whichever connection is attached to its session, in seq order
+/// and without duplicates; gaps (events published before the subscription, or dropped because
+/// the connection was slow) are filled from the retained output.
+async fn forward(
+    session: Weak<Session>,
+    id: ProcessId,
+    proc: Arc<Proc>,
+    mut sub: baton_exec::Subscription,
+    retention: Duration,
+) {
+    let mut sent = 0u64;
+    let mut exit_sent = false;
+    loop {
+        let (event, ended) = match sub.recv().await {
+            Ok(ev) => (Some(ev), false),
+            Err(baton_exec::SubscriptionError::Lagged { .. }) => continue,
+            Err(baton_exec::SubscriptionError::Ended) => (None, true),
+        };
+        let upto = match &event {
+            Some(ev) => ev.seq(),
+            None => proc.process.last_seq() + 1,
+        };
+        let mut notes = Vec::new();
+        if upto > sent + 1 {
+            // Fill the gap (sent, upto) from the retained buffer.
+            if let Ok(r) = proc.process.read(Some(sent), None, None).await {
+                let mut seqs = HashSet::new();
+                for c in r.chunks.iter().filter(|c| c.seq < upto) {
+                    seqs.insert(c.seq);
+                    notes.push((
+                        c.seq,
+                        Note::Output(OutputNotification {
+                            process_id: id.clone(),
+                            seq: c.seq,
+                            stream: wire_stream(c.stream),
+                            chunk: c.bytes.to_vec().into(),
+                        }),
+                    ));
+                }
+                let lowest_kept = r.evicted_before.unwrap_or(0);
+                let closed_seq = (ended && r.closed).then(|| proc.process.last_seq());
+                for seq in (sent + 1)..upto {
+                    if seqs.contains(&seq) || seq < lowest_kept {
+                        continue;
+                    }
+                    if Some(seq) == closed_seq {
+                        notes.push((
+                            seq,
+                            Note::Closed(ClosedNotification {
+                                process_id: id.clone(),
+                                seq,
+                            }),
+                        ));
+                    } else if let (false, Some(code)) = (exit_sent, r.exit_code) {
+                        exit_sent = true;
+                        notes.push((
+                            seq,
+                            Note::Exited(ExitedNotification {
+                                process_id: id.clone(),
+                                seq,
+                                exit_code: code,
+                            }),
+                        ));
+                    }
+                }
+                notes.sort_by_key(|(s, _)| *s);
+            }
+        }
+        let mut closed = ended;
+        if let Some(ev) = event
+            && ev.seq() > sent
+        {
+            notes.push((
+                ev.seq(),
+                match ev {
+                    ProcessEvent::Output { seq, stream, chunk } => {
+                        Note::Output(OutputNotification {
+                            process_id: id.clone(),
+                            seq,
+                            stream: wire_stream(stream),
+                            chunk: chunk.to_vec().into(),
+                        })
+                    }
+                    ProcessEvent::Exited { seq, status } => {
+                        exit_sent = true;
+                        Note::Exited(ExitedNotification {
+                            process_id: id.clone(),
+                            seq,
+                            exit_code: status.code_for_shell(),
+                        })
+                    }
+                    ProcessEvent::Closed { seq } => {
+                        closed = true;
+                        Note::Closed(ClosedNotification {
+                            process_id: id.clone(),
+                            seq,
+                        })
+                    }
+                },
+            ));
+        }
+        let peer = session
+            .upgrade()
+            .and_then(|s| lock(&s.state).attached.as_ref().map(|(_, p)| p.clone()));
+        for (seq, note) in notes {
+            if seq <= sent {
+                continue;
+            }
+            sent = seq;
+            if let Some(peer) = &peer {
+                let _ = match note {
+                    Note::Output(n) => peer.notify(methods::PROCESS_OUTPUT, &n).await,
+                    Note::Exited(n) => peer.notify(methods::PROCESS_EXITED, &n).await,
+                    Note::Closed(n) => peer.notify(methods::PROCESS_CLOSED, &n).await,
+                };
+            }
+        }
+        if closed {
+            break;
+        }
+    }
+    // Keep the closed process readable for the retention period, then free its id.
+    let weak_proc = Arc::downgrade(&proc);
+    drop(proc);
+    tokio::time::sleep(retention).await;
+    if let Some(session) = session.upgrade() {
+        let mut st = lock(&session.state);
+        if st
+            .procs
+            .get(&id)
+            .is_some_and(|p| Weak::ptr_eq(&Arc::downgrade(p), &weak_proc))
+        {
+            st.procs.remove(&id);
+        }
+    }
+}
+
+async fn read(inner: &Inner, session: &Session, p: ReadParams) -> Result<ReadResponse, RpcError> {
+    let proc = find(session, &p.process_id)?;
+    let wait = p
+        .wait_ms
+        .filter(|w| *w > 0)
+        .map(|w| Duration::from_millis(w).min(MAX_WAIT));
+    let _ = inner;
+    let r = proc
+        .process
+        .read(p.after_seq, p.max_bytes, wait)
+        .await
+        .map_err(|e| RpcError::internal(e.to_string()))?;
+    Ok(ReadResponse {
+        chunks: r
+            .chunks
+            .into_iter()
+            .map(|c| OutputChunk {
+                seq: c.seq,
+                stream: wire_stream(c.stream),
+                chunk: c.bytes.to_vec().into(),
+            })
+            .collect(),
+        next_seq: r.next_seq,
+        exited: r.exited,
+        exit_code: r.exit_code,
+        closed: r.closed,
+        failure: None,
+        evicted_before: r.evicted_before,
+    })
+}
+
+async fn write(session: &Session, p: WriteParams) -> Result<WriteResponse, RpcError> {
+    let status = |status| Ok(WriteResponse { status });
+    let Some(proc) = lock(&session.state).procs.get(&p.process_id).cloned() else {
+        return status(WriteStatus::UnknownProcess);
+    };
+    if !proc.writable {
+        return status(WriteStatus::StdinClosed);
+    }
+    if let Some(wid) = &p.write_id {
+        let mut ids = lock(&proc.write_ids);
+        if ids.0.contains(wid) {
+            return status(WriteStatus::Accepted);
+        }
+        ids.0.insert(wid.clone());
+        ids.1.push_back(wid.clone());
+        if ids.1.len() > WRITE_IDS_KEPT
+            && let Some(old) = ids.1.pop_front()
+        {
+            ids.0.remove(&old);
+        }
+    }
+    let forget = || {
+        if let Some(wid) = &p.write_id {
+            lock(&proc.write_ids).0.remove(wid);
+        }
+    };
+    if !p.chunk.0.is_empty() {
+        match proc.process.write_stdin(&p.chunk.0).await {
+            Ok(()) => {}
+            Err(baton_exec::StdinError::Io(e)) => {
+                forget();
+                return Err(RpcError::internal(format!("cannot write to stdin: {e}")));
+            }
+            Err(_) => {
+                forget();
+                return status(WriteStatus::StdinClosed);
+            }
+        }
+    }
+    if p.close_stdin {
+        let _ = proc.process.close_stdin().await;
+    }
+    status(WriteStatus::Accepted)
+}

@@ -751,3 +751,119 @@ fn concurrent_processes_on_one_store() {
     assert!(stats.schemas[0].entries.unwrap() >= 3);
     assert_eq!(stats.schemas[0].blobs, 1);
 }
+
+/// Env var that turns the test binary into a writer that is killed mid-way.
+const CRASH_CHILD_ENV: &str = "BATON_CACHE_TEST_CRASH_CHILD";
+
+fn crash_spawn(i: usize) -> SpawnFingerprint {
+    let mut sp = spawn();
+    sp.args.push(format!("--round={i}"));
+    sp
+}
+
+/// Content of the output of round `i` (large enough that a put takes a while).
+fn crash_output(i: usize) -> Vec<u8> {
+    (0..400_000u32)
+        .flat_map(|n| (n.wrapping_mul(2_654_435_761) ^ i as u32).to_le_bytes())
+        .collect()
+}
+
+/// In a child process: store round after round until killed, announcing each stored round.
+#[test]
+fn crash_child_writer() {
+    let Ok(root) = std::env::var(CRASH_CHILD_ENV) else {
+        return; // Only meaningful as a child of `killed_writer_leaves_only_complete_entries`.
+    };
+    let root = PathBuf::from(root);
+    let store = CacheStore::open(&CacheStore::default_dir(&root)).unwrap();
+    let inputs = InputFingerprint::new();
+    for i in 0.. {
+        fs::create_dir_all(root.join("out")).unwrap();
+        fs::write(root.join("out/big.bin"), crash_output(i)).unwrap();
+        store
+            .put(&NewEntry {
+                task_id: "crash#build",
+                spawn: &crash_spawn(i),
+                inputs: &inputs,
+                root: &root,
+                outputs: &["out".to_string()],
+                logs: &[],
+                duration: Duration::ZERO,
+            })
+            .unwrap();
+        eprintln!("stored {i}");
+    }
+}
+
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the crash test re-runs this test binary as a writer process and kills it"
+)]
+fn spawn_crash_child(root: &Path) -> std::process::Child {
+    let exe = std::env::current_exe().unwrap();
+    std::process::Command::new(exe)
+        .args(["crash_child_writer", "--exact", "--nocapture"])
+        .env(CRASH_CHILD_ENV, root)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn killed_writer_leaves_only_complete_entries() {
+    use std::io::BufRead;
+    let w = ws();
+    let mut child = spawn_crash_child(&w.root);
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    // Kill it while it is in the middle of further puts (it never stops on its own).
+    let mut stored = 0;
+    for line in lines.by_ref() {
+        if line.unwrap().starts_with("stored ") {
+            stored += 1;
+            if stored == 3 {
+                break;
+            }
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(lines);
+
+    let store = CacheStore::open(&w.cache).unwrap();
+    let empty = InputFingerprint::new();
+    let mut hits = 0;
+    for i in 0..stored + 3 {
+        let restore_root = w.root.join(format!("restore{i}"));
+        fs::create_dir_all(&restore_root).unwrap();
+        match store
+            .lookup(
+                "crash#build",
+                &crash_spawn(i),
+                &CurrentInputs::complete(&empty),
+            )
+            .unwrap()
+        {
+            Lookup::Hit(run) => {
+                // Every visible entry is complete: it restores the exact bytes of its round.
+                let s = run.restore_outputs(&restore_root).unwrap();
+                assert_eq!(s.written, 1);
+                assert!(fs::read(restore_root.join("out/big.bin")).unwrap() == crash_output(i));
+                hits += 1;
+            }
+            Lookup::Miss(r) => {
+                assert!(
+                    i >= stored,
+                    "round {i} was announced as stored but missed: {r}"
+                );
+                assert_eq!(r.to_string(), "args changed");
+            }
+        }
+    }
+    assert!(hits >= stored, "{hits} hits, {stored} stored");
+    // The store keeps working after the crash.
+    fs::create_dir_all(w.root.join("dist")).unwrap();
+    fs::write(w.root.join("dist/x"), "x").unwrap();
+    put(&store, &w, &spawn(), &[]);
+    assert!(matches!(lookup(&store, &w, &spawn()), Lookup::Hit(_)));
+}

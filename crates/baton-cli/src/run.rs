@@ -234,6 +234,8 @@ struct PrinterState {
     /// Grouped mode: buffered output per task.
     grouped: HashMap<usize, Vec<(OutStream, Vec<u8>)>>,
     failures: Vec<(String, i32)>,
+    /// Items killed by fail-fast or Ctrl-C.
+    stopped: usize,
 }
 
 impl Printer {
@@ -344,6 +346,9 @@ impl Printer {
         if failed > 0 {
             line.push_str(&format!(" · {}", s.red(&format!("{failed} failed"))));
         }
+        if st.stopped > 0 {
+            line.push_str(&format!(" · {} stopped", st.stopped));
+        }
         if !summary.skipped.is_empty() {
             line.push_str(&format!(" · {} not run", summary.skipped.len()));
         }
@@ -414,7 +419,10 @@ impl Reporter for Printer {
             }
             RunEvent::ItemEnd { task, result } => {
                 let ItemResult {
-                    item, exit_code, ..
+                    item,
+                    exit_code,
+                    interrupted,
+                    ..
                 } = result;
                 if self.mode == LogMode::Labeled {
                     for stream in [OutStream::Stdout, OutStream::Stderr] {
@@ -422,14 +430,22 @@ impl Reporter for Printer {
                     }
                 }
                 if exit_code != 0 {
-                    st.failures.push((self.ids[task].clone(), exit_code));
-                    let line = format!(
-                        "{}\n",
-                        self.style.red(&format!(
-                            "✗ {} exited with code {exit_code}",
-                            self.ids[task]
-                        ))
-                    );
+                    let line = if interrupted {
+                        st.stopped += 1;
+                        format!(
+                            "{}\n",
+                            self.style.dim(&format!("■ {} stopped", self.ids[task]))
+                        )
+                    } else {
+                        st.failures.push((self.ids[task].clone(), exit_code));
+                        format!(
+                            "{}\n",
+                            self.style.red(&format!(
+                                "✗ {} exited with code {exit_code}",
+                                self.ids[task]
+                            ))
+                        )
+                    };
                     if self.mode == LogMode::Grouped {
                         st.grouped
                             .entry(task)

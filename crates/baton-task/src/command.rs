@@ -126,6 +126,9 @@ fn split_top_level_and(cmd: &str) -> Result<Option<Vec<String>>, String> {
                 i += 2;
                 continue;
             }
+            // `>&2`, `<&0`, `&>file` are redirections, not background jobs.
+            '&' if matches!(cur.chars().last(), Some('>' | '<'))
+                || chars.get(i + 1) == Some(&'>') => {}
             '&' | '|' | ';' | '(' | ')' | '\n' | '`' => splittable = false,
             '$' if chars.get(i + 1) == Some(&'(') => splittable = false,
             _ => {}
@@ -249,6 +252,15 @@ mod tests {
                     script: "echo $HOME".into()
                 },
                 direct("ls", &["-l"])
+            ]
+        );
+        assert_eq!(
+            parse_command("a && echo x >&2").unwrap(),
+            vec![
+                direct("a", &[]),
+                CommandItem::Shell {
+                    script: "echo x >&2".into()
+                }
             ]
         );
         // A pipe anywhere keeps the whole line in one shell.

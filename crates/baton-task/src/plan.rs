@@ -31,6 +31,8 @@ pub struct PlannedTask {
     pub deps: Vec<usize>,
     /// Whether this task was asked for (as opposed to pulled in by `dependsOn`).
     pub requested: bool,
+    /// Extra command-line arguments, appended to the last item (requested tasks only).
+    pub extra_args: Vec<String>,
 }
 
 /// A task graph, topologically ordered: every task comes after its dependencies.
@@ -138,6 +140,7 @@ impl<'a> Builder<'a> {
             config: config.clone(),
             deps: Vec::new(),
             requested: false,
+            extra_args: Vec::new(),
         });
         self.edges.push(BTreeSet::new());
         for dep in config.depends_on.iter().flatten() {
@@ -256,11 +259,7 @@ pub fn build_plan(ws: &Workspace, req: &PlanRequest) -> Result<Plan, PlanError> 
     }
     for &r in &requested {
         b.nodes[r].requested = true;
-        if !req.extra_args.is_empty()
-            && let Some(last) = b.nodes[r].items.last_mut()
-        {
-            last.push_args(&req.extra_args);
-        }
+        b.nodes[r].extra_args = req.extra_args.clone();
     }
     for (i, e) in b.edges.iter().enumerate() {
         b.nodes[i].deps = e.iter().copied().collect();

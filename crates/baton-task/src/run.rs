@@ -11,7 +11,7 @@
 //! changed file. On a failure (fail-fast) or cancellation every running process group is killed and
 //! nothing new starts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,7 +23,7 @@ use baton_cache::{
     MissReason, NewEntry, PathState, SpawnFingerprint, fingerprint_paths,
 };
 use baton_exec::{CommandSpec, ProcessEvent, SpawnOptions, StdinMode, Stream};
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, mpsc};
 
 use crate::env::{EnvKeyPart, TaskEnv};
 use crate::inputs::FileSelection;
@@ -138,6 +138,8 @@ pub struct ItemResult {
     pub cache: CacheStatus,
     /// Exit code (0 on a hit; 128+N when killed by signal N).
     pub exit_code: i32,
+    /// Whether Baton killed it (fail-fast after another task failed, or Ctrl-C).
+    pub interrupted: bool,
     /// Wall time of this item now (replay time on a hit).
     pub duration: Duration,
     /// On a hit: the original run's duration (time saved).
@@ -361,19 +363,22 @@ pub async fn run_plan(
     let mut outcomes: Vec<Option<TaskOutcome>> = vec![None; n];
     let mut summary = RunSummary::default();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(usize, TaskOutcome, Vec<ItemResult>)>();
-    let permits = Arc::new(Semaphore::new(if shared.opts.parallel {
+    let limit = if shared.opts.parallel {
         n.max(1)
     } else {
         shared.opts.concurrency.max(1)
-    }));
-    let mut ready: Vec<usize> = (0..n).rev().filter(|&i| remaining[i] == 0).collect();
+    };
+    // Ready tasks start in plan order, so a run with --concurrency 1 is deterministic.
+    let mut ready: BTreeSet<usize> = (0..n).filter(|&i| remaining[i] == 0).collect();
     let mut running = 0usize;
     let mut finished = 0usize;
     let mut blocked = vec![false; n];
 
     loop {
         if !shared.stop.is_cancelled() {
-            while let Some(i) = ready.pop() {
+            while running < limit
+                && let Some(i) = ready.pop_first()
+            {
                 let dep_outcomes: Vec<TaskOutcome> = plan.tasks[i]
                     .deps
                     .iter()
@@ -381,13 +386,8 @@ pub async fn run_plan(
                     .collect();
                 let sh = shared.clone();
                 let tx = done_tx.clone();
-                let permits = permits.clone();
                 running += 1;
                 tokio::spawn(async move {
-                    let _permit = permits
-                        .acquire_owned()
-                        .await
-                        .expect("semaphore never closed");
                     let (outcome, results) = run_task(&sh, i, dep_outcomes).await;
                     let _ = tx.send((i, outcome, results));
                 });
@@ -402,7 +402,7 @@ pub async fn run_plan(
         running -= 1;
         finished += 1;
         for r in &results {
-            if r.exit_code != 0 && summary.failure.is_none() {
+            if r.exit_code != 0 && !r.interrupted && summary.failure.is_none() {
                 summary.failure = Some(r.exit_code);
             }
         }
@@ -418,7 +418,7 @@ pub async fn run_plan(
             }
             remaining[d] -= 1;
             if remaining[d] == 0 && !blocked[d] {
-                ready.push(d);
+                ready.insert(d);
             }
         }
     }
@@ -434,16 +434,18 @@ pub async fn run_plan(
     Ok(summary)
 }
 
-/// Runs every item of one task; stops at the first failing item.
+/// Runs one task.
+///
+/// Every item is looked up first. When all hit, each is replayed (outputs restored, logs shown).
+/// Otherwise every item runs for real, in order: an item's effects outside its declared outputs
+/// (a `mkdir`, an `rm -rf`) are not in the cache, so replaying some items and running others
+/// could feed a later item a state no real run produces. Each item is stored separately.
 async fn run_task(
     sh: &Arc<Shared>,
     index: usize,
     deps: Vec<TaskOutcome>,
 ) -> (TaskOutcome, Vec<ItemResult>) {
     let task = &sh.plan.tasks[index];
-    let mut results = Vec::new();
-    let mut outputs: Vec<String> = Vec::new();
-    let mut stamp = blake3::Hasher::new();
     let mut dep_inputs = DepInputs::default();
     for d in &deps {
         dep_inputs.files.extend(d.outputs.iter().cloned());
@@ -454,11 +456,144 @@ async fn run_task(
     dep_inputs.files.sort();
     dep_inputs.files.dedup();
     dep_inputs.stamps.sort();
-    for item in 0..task.items.len() {
+    let dep_inputs = Arc::new(dep_inputs);
+    let preps: Vec<Prepared> = (0..task.items.len())
+        .map(|i| prepare(sh, task, i))
+        .collect();
+    let cacheable = sh.store.is_some() && task.config.cache != Some(false);
+
+    // Phase 1: look every item up.
+    let mut lookups: Vec<Lookup> = Vec::new();
+    let mut pre: Option<InputFingerprint> = None;
+    let mut input_paths_list: Arc<Vec<String>> = Arc::new(Vec::new());
+    let mut lookup_error: Option<String> = None;
+    if cacheable {
+        let sh2 = sh.clone();
+        let deps2 = dep_inputs.clone();
+        let keys: Vec<(String, SpawnFingerprint)> = preps
+            .iter()
+            .map(|p| (p.task_key.clone(), p.spawn.clone()))
+            .collect();
+        let (paths, fp, res) = tokio::task::spawn_blocking(move || {
+            let task = &sh2.plan.tasks[index];
+            let paths = input_paths(&sh2, task, &deps2);
+            let fp = fingerprint_inputs(&sh2, &paths, &deps2);
+            let store = sh2.store.as_ref().expect("cacheable implies a store");
+            let res: Result<Vec<Lookup>, String> = match &fp {
+                Ok(fp) => keys
+                    .iter()
+                    .map(|(key, spawn)| {
+                        store
+                            .lookup(key, spawn, &CurrentInputs::complete(fp))
+                            .map_err(|e| format!("cache lookup failed: {e}"))
+                    })
+                    .collect(),
+                Err(e) => Ok(keys
+                    .iter()
+                    .map(|_| {
+                        Lookup::Miss(MissReason::Unreadable {
+                            path: e.path.clone(),
+                            error: e.source.to_string(),
+                        })
+                    })
+                    .collect()),
+            };
+            (paths, fp.ok(), res)
+        })
+        .await
+        .expect("lookup does not panic");
+        input_paths_list = Arc::new(paths);
+        pre = fp;
+        match res {
+            Ok(l) => lookups = l,
+            Err(e) => lookup_error = Some(e),
+        }
+    }
+
+    let mut results = Vec::new();
+    let mut outputs: Vec<String> = Vec::new();
+    let mut stamp = blake3::Hasher::new();
+    let all_hit = !lookups.is_empty() && lookups.iter().all(|l| matches!(l, Lookup::Hit(_)));
+
+    // Phase 2a: every item hit: replay.
+    let mut first_to_run = task.items.len();
+    let mut restore_failure: Option<String> = None;
+    if all_hit {
+        let item_stamp = pre.as_ref().map(|fp| {
+            (0..preps.len())
+                .map(|i| result_stamp(&preps[i].spawn, fp))
+                .collect::<Vec<_>>()
+        });
+        for (item, lookup) in lookups.drain(..).enumerate() {
+            let Lookup::Hit(hit) = lookup else {
+                unreachable!("all_hit checked every lookup")
+            };
+            if sh.stop.is_cancelled() {
+                return (TaskOutcome::failed(), results);
+            }
+            let st = item_stamp.as_ref().map_or_else(fresh_stamp, |s| s[item]);
+            match replay(sh, task, item, &preps[item], hit, st).await {
+                Ok(r) => {
+                    stamp.update(&r.stamp.0);
+                    outputs.extend(r.outputs);
+                    sh.reporter.event(RunEvent::ItemEnd {
+                        task: index,
+                        result: r.result.clone(),
+                    });
+                    results.push(r.result);
+                }
+                Err(e) => {
+                    restore_failure = Some(format!("restoring outputs failed: {e}"));
+                    first_to_run = item;
+                    break;
+                }
+            }
+        }
+    } else {
+        first_to_run = 0;
+    }
+
+    // Phase 2b: run the items for real.
+    let first_miss = lookups
+        .iter()
+        .position(|l| matches!(l, Lookup::Miss(_)))
+        .map(|i| i + 1);
+    let mut pre_item = pre;
+    for item in first_to_run..task.items.len() {
         if sh.stop.is_cancelled() {
             return (TaskOutcome::failed(), results);
         }
-        let r = run_item(sh, task, item, &dep_inputs).await;
+        let status = if !cacheable {
+            CacheStatus::Disabled(if task.config.cache == Some(false) {
+                "cache: false in config".into()
+            } else {
+                "--no-cache".into()
+            })
+        } else if let Some(r) = &restore_failure {
+            CacheStatus::Miss(r.clone())
+        } else if let Some(e) = &lookup_error {
+            CacheStatus::Miss(e.clone())
+        } else {
+            match lookups.get(item) {
+                Some(Lookup::Miss(reason)) => CacheStatus::Miss(reason.to_string()),
+                _ => CacheStatus::Miss(format!(
+                    "item {} of this task missed, so every item runs",
+                    first_miss.unwrap_or(0)
+                )),
+            }
+        };
+        let (r, post) = run_item(
+            sh,
+            task,
+            item,
+            &preps[item],
+            status,
+            pre_item.take(),
+            &input_paths_list,
+            &dep_inputs,
+        )
+        .await;
+        pre_item = post;
         stamp.update(&r.stamp.0);
         outputs.extend(r.outputs);
         let ok = r.result.exit_code == 0;
@@ -530,13 +665,20 @@ fn fresh_stamp() -> Digest {
 struct Prepared {
     spec: CommandSpec,
     spawn: SpawnFingerprint,
-    input_paths: Vec<String>,
+    /// Cache task id: `pkg#task`, or `pkg#task[i]` for the items of an `a && b` task.
+    task_key: String,
+    /// The command as shown (with extra arguments).
+    display: String,
 }
 
 fn prepare(sh: &Shared, task: &PlannedTask, item: usize) -> Prepared {
     let ws = &sh.ws;
     let pkg = &ws.packages[task.package];
-    let (program, args) = task.items[item].argv();
+    let mut cmd = task.items[item].clone();
+    if item + 1 == task.items.len() && !task.extra_args.is_empty() {
+        cmd.push_args(&task.extra_args);
+    }
+    let (program, args) = cmd.argv();
     let mut path_prepend = vec![pkg.dir.join("node_modules/.bin")];
     if pkg.dir != ws.root {
         path_prepend.push(ws.root.join("node_modules/.bin"));
@@ -564,13 +706,12 @@ fn prepare(sh: &Shared, task: &PlannedTask, item: usize) -> Prepared {
             (k.clone(), fp)
         })
         .collect();
-    let input_config = serde_json::json!({ "input": task.config.input });
     let spawn = SpawnFingerprint {
         cwd: rel_slash(&ws.root, &task.cwd),
         program: program.clone(),
         args: args.clone(),
         env: env_fp,
-        input_config,
+        input_config: serde_json::json!({ "input": task.config.input }),
         output_config: serde_json::json!({ "output": task.config.output }),
         command: task.items[item].display(),
     };
@@ -583,10 +724,16 @@ fn prepare(sh: &Shared, task: &PlannedTask, item: usize) -> Prepared {
         stdin: StdinMode::Null,
         pty: None,
     };
+    let task_key = if task.items.len() == 1 {
+        task.id.clone()
+    } else {
+        format!("{}[{item}]", task.id)
+    };
     Prepared {
         spec,
         spawn,
-        input_paths: Vec::new(),
+        task_key,
+        display: cmd.display(),
     }
 }
 
@@ -632,109 +779,66 @@ fn output_paths(sh: &Shared, task: &PlannedTask) -> Vec<String> {
     sh.selections[task.index].outputs(&sh.ws.root, &pkg.dir, &nested)
 }
 
+/// Runs one item for real and, on a cacheable success, stores it. Returns the item's result and
+/// the input fingerprint after it (the next item's "before").
+#[allow(clippy::too_many_arguments)]
 async fn run_item(
     sh: &Arc<Shared>,
     task: &PlannedTask,
     item: usize,
-    dep_inputs: &DepInputs,
-) -> ItemRun {
+    prep: &Prepared,
+    status: CacheStatus,
+    pre: Option<InputFingerprint>,
+    paths: &Arc<Vec<String>>,
+    dep_inputs: &Arc<DepInputs>,
+) -> (ItemRun, Option<InputFingerprint>) {
     let started = Instant::now();
-    let mut prepared = prepare(sh, task, item);
-    let task_key = if task.items.len() == 1 {
-        task.id.clone()
-    } else {
-        format!("{}[{item}]", task.id)
-    };
-    let cacheable = sh.store.is_some() && task.config.cache != Some(false);
-    let mut pre_inputs: Option<InputFingerprint> = None;
-    let status = if !cacheable {
-        CacheStatus::Disabled(if task.config.cache == Some(false) {
-            "cache: false in config".into()
-        } else {
-            "--no-cache".into()
-        })
-    } else {
-        let sh2 = sh.clone();
-        let t = task.index;
-        let dep_inputs = dep_inputs.clone();
-        let spawn = prepared.spawn.clone();
-        let key = task_key.clone();
-        let lookup = tokio::task::spawn_blocking(move || {
-            let task = &sh2.plan.tasks[t];
-            let paths = input_paths(&sh2, task, &dep_inputs);
-            let fp = fingerprint_inputs(&sh2, &paths, &dep_inputs);
-            let store = sh2.store.as_ref().expect("cacheable implies a store");
-            let res = match &fp {
-                Ok(fp) => store.lookup(&key, &spawn, &CurrentInputs::complete(fp)),
-                Err(e) => Ok(Lookup::Miss(MissReason::Unreadable {
-                    path: e.path.clone(),
-                    error: e.source.to_string(),
-                })),
-            };
-            (paths, fp.ok(), res)
-        })
-        .await
-        .expect("lookup does not panic");
-        let (paths, fp, res) = lookup;
-        prepared.input_paths = paths;
-        match res {
-            Ok(Lookup::Hit(hit)) => {
-                let stamp = fp
-                    .as_ref()
-                    .map(|fp| result_stamp(&prepared.spawn, fp))
-                    .unwrap_or_else(fresh_stamp);
-                return replay(sh, task, item, hit, started, stamp).await;
-            }
-            Ok(Lookup::Miss(reason)) => {
-                pre_inputs = fp;
-                CacheStatus::Miss(reason.to_string())
-            }
-            Err(e) => {
-                pre_inputs = fp;
-                CacheStatus::Miss(format!("cache lookup failed: {e}"))
-            }
-        }
-    };
     sh.reporter.event(RunEvent::ItemStart {
         task: task.index,
         item,
         items: task.items.len(),
-        command: task.items[item].display(),
+        command: prep.display.clone(),
         status: status.clone(),
     });
     // With several items, an item's outputs are the matching files it created or changed.
     let before = (task.items.len() > 1).then(|| output_stats(sh, task));
-    let (exit_code, logs) = execute(sh, task, item, prepared.spec).await;
+    let (exit_code, logs, interrupted) = execute(sh, task, item, prep.spec.clone()).await;
     let duration = started.elapsed();
     let mut outputs = Vec::new();
     let mut stamp = fresh_stamp();
-    if exit_code == 0 {
+    let mut post_fp = None;
+    if exit_code == 0 && !interrupted {
         outputs = output_paths(sh, task);
         if let Some(before) = &before {
             let root = &sh.ws.root;
             outputs.retain(|p| before.get(p) != file_stat(&root.join(p)).as_ref());
         }
-        if let (CacheStatus::Miss(_), Some(pre)) = (&status, pre_inputs) {
-            stamp = result_stamp(&prepared.spawn, &pre);
+        if let (CacheStatus::Miss(_), Some(pre)) = (&status, pre) {
             let store = sh.store.clone().expect("miss implies a store");
             let sh2 = sh.clone();
-            let spawn = prepared.spawn.clone();
-            let paths = prepared.input_paths.clone();
-            let outs = outputs.clone();
-            let key = task_key.clone();
+            let spawn = prep.spawn.clone();
+            let paths = paths.clone();
             let deps = dep_inputs.clone();
-            let note = tokio::task::spawn_blocking(move || {
+            let outs = outputs.clone();
+            let key = prep.task_key.clone();
+            let (note, post, st) = tokio::task::spawn_blocking(move || {
                 let post = fingerprint_inputs(&sh2, &paths, &deps);
-                match post {
-                    Ok(post) if post == pre => {}
-                    Ok(post) => {
-                        let why = pre
-                            .diff(&post)
-                            .map(|r| r.to_string())
-                            .unwrap_or_else(|| "inputs changed".into());
-                        return Some(format!("not cached: input changed during the run ({why})"));
-                    }
-                    Err(e) => return Some(format!("not cached: {e}")),
+                let post = match post {
+                    Ok(post) => post,
+                    Err(e) => return (Some(format!("not cached: {e}")), None, None),
+                };
+                if post != pre {
+                    let why = pre
+                        .diff(&post)
+                        .map(|r| r.to_string())
+                        .unwrap_or_else(|| "inputs changed".into());
+                    return (
+                        Some(format!(
+                            "not cached: an input changed during the run ({why})"
+                        )),
+                        Some(post),
+                        None,
+                    );
                 }
                 let entry = NewEntry {
                     task_id: &key,
@@ -745,13 +849,18 @@ async fn run_item(
                     logs: &logs,
                     duration,
                 };
+                let st = result_stamp(&spawn, &pre);
                 match store.put(&entry) {
-                    Ok(_) => None,
-                    Err(e) => Some(format!("not cached: {e}")),
+                    Ok(_) => (None, Some(post), Some(st)),
+                    Err(e) => (Some(format!("not cached: {e}")), Some(post), None),
                 }
             })
             .await
             .expect("store does not panic");
+            post_fp = post;
+            if let Some(st) = st {
+                stamp = st;
+            }
             if let Some(message) = note {
                 sh.reporter.event(RunEvent::Note {
                     task: task.index,
@@ -761,29 +870,35 @@ async fn run_item(
             }
         }
     }
-    ItemRun {
-        result: ItemResult {
-            task: task.index,
-            task_id: task.id.clone(),
-            item,
-            cache: status,
-            exit_code,
-            duration,
-            saved: Duration::ZERO,
+    (
+        ItemRun {
+            result: ItemResult {
+                task: task.index,
+                task_id: task.id.clone(),
+                item,
+                cache: status,
+                exit_code,
+                interrupted,
+                duration,
+                saved: Duration::ZERO,
+            },
+            outputs,
+            stamp,
         },
-        outputs,
-        stamp,
-    }
+        post_fp,
+    )
 }
 
+/// Replays a hit: restores outputs, then shows the logs.
 async fn replay(
     sh: &Arc<Shared>,
     task: &PlannedTask,
     item: usize,
+    prep: &Prepared,
     hit: baton_cache::CachedRun,
-    started: Instant,
     stamp: Digest,
-) -> ItemRun {
+) -> Result<ItemRun, baton_cache::CacheError> {
+    let started = Instant::now();
     let root = sh.ws.root.clone();
     let (hit, restored) = tokio::task::spawn_blocking(move || {
         let r = hit.restore_outputs(&root);
@@ -791,81 +906,49 @@ async fn replay(
     })
     .await
     .expect("restore does not panic");
-    match restored {
-        Ok(stats) => {
-            sh.reporter.event(RunEvent::ItemStart {
-                task: task.index,
-                item,
-                items: task.items.len(),
-                command: task.items[item].display(),
-                status: CacheStatus::Hit,
-            });
-            if stats.written > 0 {
-                sh.reporter.event(RunEvent::Note {
-                    task: task.index,
-                    item,
-                    message: format!(
-                        "restored {} output file(s), {} already up to date",
-                        stats.written, stats.skipped
-                    ),
-                });
-            }
-            for chunk in hit.logs() {
-                sh.reporter.event(RunEvent::Output {
-                    task: task.index,
-                    item,
-                    stream: match chunk.stream {
-                        baton_cache::Stream::Stdout => OutStream::Stdout,
-                        baton_cache::Stream::Stderr => OutStream::Stderr,
-                    },
-                    bytes: chunk.bytes.clone(),
-                });
-            }
-            ItemRun {
-                result: ItemResult {
-                    task: task.index,
-                    task_id: task.id.clone(),
-                    item,
-                    cache: CacheStatus::Hit,
-                    exit_code: 0,
-                    duration: started.elapsed(),
-                    saved: hit.duration(),
-                },
-                outputs: hit.outputs().iter().map(|o| o.path.clone()).collect(),
-                stamp,
-            }
-        }
-        Err(e) => {
-            // A restore failure is a miss: run the item for real.
-            sh.reporter.event(RunEvent::Note {
-                task: task.index,
-                item,
-                message: format!("restoring outputs failed ({e}); running instead"),
-            });
-            let prepared = prepare(sh, task, item);
-            sh.reporter.event(RunEvent::ItemStart {
-                task: task.index,
-                item,
-                items: task.items.len(),
-                command: task.items[item].display(),
-                status: CacheStatus::Miss(format!("restore failed: {e}")),
-            });
-            let (exit_code, _logs) = execute(sh, task, item, prepared.spec).await;
-            ItemRun {
-                result: ItemResult {
-                    task: task.index,
-                    task_id: task.id.clone(),
-                    item,
-                    cache: CacheStatus::Miss(format!("restore failed: {e}")),
-                    exit_code,
-                    duration: started.elapsed(),
-                    saved: Duration::ZERO,
-                },
-                outputs: output_paths(sh, task),
-                stamp: fresh_stamp(),
-            }
-        }
+    let stats = restored?;
+    sh.reporter.event(RunEvent::ItemStart {
+        task: task.index,
+        item,
+        items: task.items.len(),
+        command: prep.display.clone(),
+        status: CacheStatus::Hit,
+    });
+    if stats.written > 0 {
+        sh.reporter.event(RunEvent::Note {
+            task: task.index,
+            item,
+            message: format!(
+                "restored {} output file(s), {} already up to date",
+                stats.written, stats.skipped
+            ),
+        });
     }
+    for chunk in hit.logs() {
+        sh.reporter.event(RunEvent::Output {
+            task: task.index,
+            item,
+            stream: match chunk.stream {
+                baton_cache::Stream::Stdout => OutStream::Stdout,
+                baton_cache::Stream::Stderr => OutStream::Stderr,
+            },
+            bytes: chunk.bytes.clone(),
+        });
+    }
+    Ok(ItemRun {
+        result: ItemResult {
+            task: task.index,
+            task_id: task.id.clone(),
+            item,
+            cache: CacheStatus::Hit,
+            exit_code: 0,
+            interrupted: false,
+            duration: started.elapsed(),
+            saved: hit.duration(),
+        },
+        outputs: hit.outputs().iter().map(|o| o.path.clone()).collect(),
+        stamp,
+    })
 }
 
 /// Spawns the item, streams its output to the reporter, records it. Returns (exit code, logs).
@@ -874,7 +957,7 @@ async fn execute(
     task: &PlannedTask,
     item: usize,
     spec: CommandSpec,
-) -> (i32, Vec<LogChunk>) {
+) -> (i32, Vec<LogChunk>, bool) {
     let program = spec.program.clone();
     let process = match baton_exec::spawn(&spec, SpawnOptions::streaming()) {
         Ok(p) => p,
@@ -886,7 +969,7 @@ async fn execute(
                 stream: OutStream::Stderr,
                 bytes: msg.into_bytes(),
             });
-            return (127, Vec::new());
+            return (127, Vec::new(), false);
         }
     };
     let mut events = process
@@ -894,11 +977,13 @@ async fn execute(
         .expect("a streaming process hands out its events once");
     let mut logs: Vec<LogChunk> = Vec::new();
     let mut exit = None;
+    let mut interrupted = false;
     loop {
         let ev = tokio::select! {
             ev = events.recv() => ev,
             _ = sh.stop.cancelled() => {
                 process.terminate();
+                interrupted = true;
                 break;
             }
         };
@@ -931,5 +1016,5 @@ async fn execute(
         Some(c) => c,
         None => process.wait().await.code_for_shell(),
     };
-    (code, logs)
+    (code, logs, interrupted)
 }

@@ -360,6 +360,19 @@ impl InputFingerprint {
         }
     }
 
+    /// Records env variable `name` as an input with its current value in `env` (absent when
+    /// unset). On lookup its current value comes from [`CurrentInputs`](crate::CurrentInputs)'s
+    /// env; a change reads `env NAME changed` (or `added` / `removed`).
+    pub fn insert_env(&mut self, env: &[(OsString, OsString)], name: &str) {
+        self.paths
+            .insert(env_input_key(name), env_input_state(env, name));
+    }
+
+    /// Records an env pattern as an input (every matching variable, byte-exact).
+    pub fn insert_env_pattern(&mut self, env: &[(OsString, OsString)], pattern: &EnvPattern) {
+        self.paths.insert(pattern.input_key(), pattern.state(env));
+    }
+
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut w = Writer::with_tag(b'I');
         w.varint(self.paths.len() as u64);
@@ -420,7 +433,7 @@ impl Extend<(String, PathState)> for InputFingerprint {
 }
 
 /// The miss reason for one path whose state went from `stored` to `now` (`None` = not recorded /
-/// not matched); `None` when unchanged.
+/// not matched); `None` when unchanged. Env-derived keys give `env …` reasons.
 pub(crate) fn change(
     path: &str,
     stored: Option<PathState>,
@@ -428,13 +441,142 @@ pub(crate) fn change(
 ) -> Option<MissReason> {
     let present =
         |s: Option<PathState>| matches!(s, Some(PathState::File { .. } | PathState::Dir { .. }));
-    match (present(stored), present(now)) {
-        (false, false) => None,
-        (true, false) => Some(MissReason::Removed(path.to_owned())),
-        (false, true) => Some(MissReason::Added(path.to_owned())),
-        (true, true) if stored == now => None,
-        (true, true) => Some(MissReason::Modified(path.to_owned())),
+    let (stored_present, now_present) = (present(stored), present(now));
+    if stored_present == now_present && (!stored_present || stored == now) {
+        return None;
     }
+    if let Some(name) = path.strip_prefix(ENV_INPUT_PREFIX) {
+        let name = name.to_owned();
+        return Some(match (stored_present, now_present) {
+            (true, false) => MissReason::EnvRemoved(name),
+            (false, true) => MissReason::EnvAdded(name),
+            _ => MissReason::EnvChanged(name),
+        });
+    }
+    if let Some(pattern) = path.strip_prefix(ENV_PATTERN_INPUT_PREFIX) {
+        let shown = match pattern.split_once(':') {
+            Some(("prefix", p)) => format!("{p}*"),
+            Some((_, g)) => g.to_owned(),
+            None => pattern.to_owned(),
+        };
+        return Some(MissReason::EnvChanged(shown));
+    }
+    Some(match (stored_present, now_present) {
+        (true, false) => MissReason::Removed(path.to_owned()),
+        (false, true) => MissReason::Added(path.to_owned()),
+        _ => MissReason::Modified(path.to_owned()),
+    })
+}
+
+/// Key prefix of an env variable recorded as an input (e.g. read by a tool through
+/// `getEnv(name, {tracked: true})` after the run started): `"\0env:NAME"`. The NUL keeps such keys
+/// apart from every workspace path.
+pub const ENV_INPUT_PREFIX: &str = "\0env:";
+
+/// Key prefix of an env pattern recorded as an input (`getEnvs(glob | {prefix})`):
+/// `"\0envs:glob:PATTERN"` or `"\0envs:prefix:PREFIX"`.
+pub const ENV_PATTERN_INPUT_PREFIX: &str = "\0envs:";
+
+/// A set of env variables a tool asked for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum EnvPattern {
+    /// Names matching a glob (`VITE_*`; `globset` syntax, case-sensitive).
+    Glob(String),
+    /// Names starting with a prefix.
+    Prefix(String),
+}
+
+impl EnvPattern {
+    /// The fingerprint key of this pattern.
+    pub fn input_key(&self) -> String {
+        match self {
+            Self::Glob(g) => format!("{ENV_PATTERN_INPUT_PREFIX}glob:{g}"),
+            Self::Prefix(p) => format!("{ENV_PATTERN_INPUT_PREFIX}prefix:{p}"),
+        }
+    }
+
+    fn from_key(key: &str) -> Option<Self> {
+        let rest = key.strip_prefix(ENV_PATTERN_INPUT_PREFIX)?;
+        match rest.split_once(':')? {
+            ("glob", g) => Some(Self::Glob(g.to_owned())),
+            ("prefix", p) => Some(Self::Prefix(p.to_owned())),
+            _ => None,
+        }
+    }
+
+    /// Whether `name` (a [`lossless_string`]) belongs to the set. An invalid glob matches
+    /// nothing.
+    pub fn matches(&self, name: &str) -> bool {
+        match self {
+            Self::Prefix(p) => name.starts_with(p.as_str()),
+            Self::Glob(g) => globset::Glob::new(g)
+                .map(|g| g.compile_matcher().is_match(name))
+                .unwrap_or(false),
+        }
+    }
+
+    /// The state of the set in `env`: a "file" whose hash covers every matching name and value
+    /// (sorted by name, byte-exact values), so adding, removing or changing a match changes it.
+    pub fn state(&self, env: &[(OsString, OsString)]) -> PathState {
+        let matcher = match self {
+            Self::Glob(g) => globset::Glob::new(g).ok().map(|g| g.compile_matcher()),
+            Self::Prefix(_) => None,
+        };
+        let mut matching: Vec<(String, Vec<u8>)> = env
+            .iter()
+            .map(|(n, v)| (lossless_string(n), os_bytes(v)))
+            .filter(|(n, _)| match (self, &matcher) {
+                (Self::Prefix(p), _) => n.starts_with(p.as_str()),
+                (Self::Glob(_), Some(m)) => m.is_match(n),
+                (Self::Glob(_), None) => false,
+            })
+            .collect();
+        matching.sort();
+        matching.dedup_by(|a, b| a.0 == b.0);
+        let mut h = blake3::Hasher::new();
+        for (n, v) in &matching {
+            h.update(&(n.len() as u64).to_le_bytes());
+            h.update(n.as_bytes());
+            h.update(&(v.len() as u64).to_le_bytes());
+            h.update(v);
+        }
+        PathState::File {
+            hash: h.finalize().into(),
+        }
+    }
+}
+
+/// The fingerprint key of env variable `name` as an input.
+pub fn env_input_key(name: &str) -> String {
+    format!("{ENV_INPUT_PREFIX}{name}")
+}
+
+/// The state of env variable `name` in `env`: `File { hash: BLAKE3(raw value) }` when set,
+/// `Absent` when not.
+pub fn env_input_state(env: &[(OsString, OsString)], name: &str) -> PathState {
+    env.iter()
+        .rev()
+        .find(|(n, _)| lossless_string(n) == name)
+        .map_or(PathState::Absent, |(_, v)| PathState::File {
+            hash: Digest::of(&os_bytes(v)),
+        })
+}
+
+/// The state of an env-derived input key (see [`ENV_INPUT_PREFIX`],
+/// [`ENV_PATTERN_INPUT_PREFIX`]) in `env`; `None` for a workspace path.
+pub fn env_key_state(env: &[(OsString, OsString)], key: &str) -> Option<PathState> {
+    if let Some(name) = key.strip_prefix(ENV_INPUT_PREFIX) {
+        return Some(env_input_state(env, name));
+    }
+    if key.starts_with(ENV_PATTERN_INPUT_PREFIX) {
+        return Some(EnvPattern::from_key(key).map_or(PathState::Absent, |p| p.state(env)));
+    }
+    None
+}
+
+/// Whether `key` is an env-derived input key rather than a workspace path.
+pub fn is_env_key(key: &str) -> bool {
+    key.starts_with(ENV_INPUT_PREFIX) || key.starts_with(ENV_PATTERN_INPUT_PREFIX)
 }
 
 /// An input path could not be fingerprinted (other than not existing, which is

@@ -57,9 +57,10 @@ mod store;
 pub use archive::{LogChunk, OutputFile, OutputKind, RestoreStats, Stream};
 pub use error::CacheError;
 pub use fingerprint::{
-    Digest, EnvFingerprint, FingerprintError, InputFingerprint, PathState, SpawnFingerprint,
-    fingerprint_paths, hash_file, key_to_path, listing_hash, lossless_string,
-    os_string_from_lossless, path_state, path_to_key,
+    Digest, ENV_INPUT_PREFIX, ENV_PATTERN_INPUT_PREFIX, EnvFingerprint, EnvPattern,
+    FingerprintError, InputFingerprint, PathState, SpawnFingerprint, env_input_key,
+    env_input_state, env_key_state, fingerprint_paths, hash_file, is_env_key, key_to_path,
+    listing_hash, lossless_string, os_string_from_lossless, path_state, path_to_key,
 };
 pub use miss::MissReason;
 pub use store::{

@@ -47,14 +47,26 @@ pub enum MissReason {
     Corrupt(String),
 }
 
+/// A fingerprint key for people: non-UTF-8 keys decoded lossily.
+fn shown(key: &str) -> std::borrow::Cow<'_, str> {
+    match crate::os_string_from_lossless(key) {
+        Some(os) if key.starts_with('\0') => {
+            std::borrow::Cow::Owned(os.to_string_lossy().into_owned())
+        }
+        _ => std::borrow::Cow::Borrowed(key),
+    }
+}
+
 impl fmt::Display for MissReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::NotFound => f.write_str("not found in cache"),
-            Self::Modified(p) => write!(f, "'{p}' modified"),
-            Self::Added(p) => write!(f, "'{p}' added"),
-            Self::Removed(p) => write!(f, "'{p}' removed"),
-            Self::Unreadable { path, error } => write!(f, "'{path}' unreadable: {error}"),
+            Self::Modified(p) => write!(f, "'{}' modified", shown(p)),
+            Self::Added(p) => write!(f, "'{}' added", shown(p)),
+            Self::Removed(p) => write!(f, "'{}' removed", shown(p)),
+            Self::Unreadable { path, error } => {
+                write!(f, "'{}' unreadable: {error}", shown(path))
+            }
             Self::EnvChanged(n) => write!(f, "env {n} changed"),
             Self::EnvAdded(n) => write!(f, "env {n} added"),
             Self::EnvRemoved(n) => write!(f, "env {n} removed"),

@@ -1,6 +1,7 @@
 //! The on-disk store: `meta.sqlite` + content-addressed blobs.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -15,8 +16,8 @@ use crate::archive::{
 };
 use crate::error::CacheError;
 use crate::fingerprint::{
-    Digest, FingerprintError, InputFingerprint, PathState, SpawnFingerprint, change,
-    fingerprint_paths,
+    Digest, FingerprintError, InputFingerprint, PathState, SpawnFingerprint, change, env_key_state,
+    fingerprint_paths, is_env_key,
 };
 use crate::miss::MissReason;
 
@@ -73,6 +74,10 @@ pub struct CurrentInputs<'a> {
     pub known: &'a InputFingerprint,
     /// How to get the state of stored paths missing from `known`.
     pub probe: Probe<'a>,
+    /// Environment for env-derived inputs (keys made by [`env_input_key`](crate::env_input_key) /
+    /// [`EnvPattern::input_key`](crate::EnvPattern::input_key)); `None` = this process's
+    /// environment.
+    pub env: Option<&'a [(OsString, OsString)]>,
 }
 
 /// How [`CacheStore::lookup`] obtains the current state of a stored input path that is not in
@@ -92,6 +97,7 @@ impl<'a> CurrentInputs<'a> {
         Self {
             known,
             probe: Probe::Absent,
+            env: None,
         }
     }
 
@@ -100,7 +106,15 @@ impl<'a> CurrentInputs<'a> {
         Self {
             known,
             probe: Probe::Root(root),
+            env: None,
         }
+    }
+
+    /// Uses `env` (name, value pairs; later pairs win) for env-derived inputs instead of this
+    /// process's environment.
+    pub fn with_env(mut self, env: &'a [(OsString, OsString)]) -> Self {
+        self.env = Some(env);
+        self
     }
 }
 
@@ -942,13 +956,25 @@ fn check_candidate(
     current: &CurrentInputs<'_>,
     probed: &mut BTreeMap<String, PathState>,
 ) -> Result<(), MissReason> {
-    // Probe (once per lookup) the stored paths the caller did not provide.
-    let unknown: Vec<&str> = stored
-        .paths
-        .keys()
-        .filter(|p| !current.known.paths.contains_key(*p) && !probed.contains_key(*p))
-        .map(String::as_str)
-        .collect();
+    // Probe (once per lookup) the stored paths the caller did not provide; env-derived keys
+    // come from the environment, never from the probe.
+    let mut unknown: Vec<&str> = Vec::new();
+    let mut process_env: Option<Vec<(OsString, OsString)>> = None;
+    for p in stored.paths.keys() {
+        if current.known.paths.contains_key(p) || probed.contains_key(p) {
+            continue;
+        }
+        if is_env_key(p) {
+            let env: &[(OsString, OsString)] = match current.env {
+                Some(e) => e,
+                None => process_env.get_or_insert_with(|| std::env::vars_os().collect()),
+            };
+            let state = env_key_state(env, p).unwrap_or(PathState::Absent);
+            probed.insert(p.clone(), state);
+        } else {
+            unknown.push(p);
+        }
+    }
     if !unknown.is_empty() {
         let result = match &current.probe {
             Probe::Absent => Ok(unknown

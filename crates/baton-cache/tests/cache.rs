@@ -290,6 +290,7 @@ fn probed_inputs_and_absent_paths() {
     let current = CurrentInputs {
         known: &empty,
         probe: baton_cache::Probe::With(&probe),
+        env: None,
     };
     assert!(matches!(
         store.lookup("app#build", &spawn(), &current).unwrap(),
@@ -866,4 +867,73 @@ fn killed_writer_leaves_only_complete_entries() {
     fs::write(w.root.join("dist/x"), "x").unwrap();
     put(&store, &w, &spawn(), &[]);
     assert!(matches!(lookup(&store, &w, &spawn()), Lookup::Hit(_)));
+}
+
+#[test]
+fn env_inputs_recorded_after_the_run() {
+    use baton_cache::EnvPattern;
+    use std::ffi::OsString;
+    let w = ws();
+    let store = CacheStore::open(&w.cache).unwrap();
+    let env = |pairs: &[(&str, &str)]| -> Vec<(OsString, OsString)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect()
+    };
+    let at_run = env(&[
+        ("VITE_API_URL", "https://a"),
+        ("VITE_MODE", "x"),
+        ("HOME", "/h"),
+    ]);
+    let mut inputs = globbed(&w.root);
+    inputs.insert_env(&at_run, "VITE_API_URL");
+    inputs.insert_env(&at_run, "DEBUG");
+    inputs.insert_env_pattern(&at_run, &EnvPattern::Glob("VITE_*".into()));
+    inputs.insert_env_pattern(&at_run, &EnvPattern::Prefix("NEXT_".into()));
+    store
+        .put(&NewEntry {
+            task_id: "app#build",
+            spawn: &spawn(),
+            inputs: &inputs,
+            root: &w.root,
+            outputs: &[],
+            logs: &[],
+            duration: Duration::ZERO,
+        })
+        .unwrap();
+    let check = |e: &[(OsString, OsString)]| {
+        let known = globbed(&w.root);
+        store
+            .lookup(
+                "app#build",
+                &spawn(),
+                &CurrentInputs::complete(&known).with_env(e),
+            )
+            .unwrap()
+    };
+    assert!(matches!(check(&at_run), Lookup::Hit(_)));
+    // Unrelated variables do not matter.
+    let mut more = at_run.clone();
+    more.push(("OTHER".into(), "1".into()));
+    assert!(matches!(check(&more), Lookup::Hit(_)));
+    let changed = env(&[("VITE_API_URL", "https://b"), ("VITE_MODE", "x")]);
+    assert_eq!(miss(check(&changed)), "env VITE_API_URL changed");
+    let removed = env(&[("VITE_MODE", "x")]);
+    assert_eq!(miss(check(&removed)), "env VITE_API_URL removed");
+    let mut added = at_run.clone();
+    added.push(("DEBUG".into(), "1".into()));
+    assert_eq!(miss(check(&added)), "env DEBUG added");
+    let mut new_match = at_run.clone();
+    new_match.push(("VITE_NEW".into(), "1".into()));
+    assert_eq!(miss(check(&new_match)), "env VITE_* changed");
+    let mut prefixed = at_run.clone();
+    prefixed.push(("NEXT_PUBLIC_X".into(), "1".into()));
+    assert_eq!(miss(check(&prefixed)), "env NEXT_* changed");
+    // Values are never stored: only digests.
+    let db = fs::read(store.schema_dir().join("meta.sqlite")).unwrap();
+    let wal = fs::read(store.schema_dir().join("meta.sqlite-wal")).unwrap_or_default();
+    for hay in [&db, &wal] {
+        assert!(!hay.windows(9).any(|w| w == b"https://a"));
+    }
 }

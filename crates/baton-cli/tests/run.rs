@@ -384,3 +384,55 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn ctrl_c_stops_everything_and_leaves_no_process() {
+    let f = Fixture::new(&[
+        (
+            "package.json",
+            r#"{ "name": "root", "private": true, "workspaces": ["packages/*"] }"#,
+        ),
+        (
+            "packages/slow/package.json",
+            r#"{ "name": "slow", "scripts": { "build": "sh ./slow.sh" } }"#,
+        ),
+        (
+            "packages/slow/slow.sh",
+            "sleep 600 &\necho $! > ../grandchild.pid\necho $$ > ../child.pid.tmp && mv ../child.pid.tmp ../child.pid\nwait\n",
+        ),
+        (
+            "packages/later/package.json",
+            r#"{ "name": "later", "dependencies": { "slow": "*" }, "scripts": { "build": "echo never" } }"#,
+        ),
+    ]);
+    let mut child = f
+        .command("", &["run", "build", "-r"], &[])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the task's process tree is up (the script writes the file last).
+    let pid_file = f.root().join("packages/child.pid");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !pid_file.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the task never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let status = common::tool_command("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let r = f.finish(out);
+    assert_eq!(r.code, 130, "{}", r.snapshot());
+    assert!(!r.stdout.contains("never"), "{}", r.stdout);
+    assert!(r.stdout.contains("cancelled"), "{}", r.stdout);
+    let child_pid: i32 = f.read("packages/child.pid").trim().parse().unwrap();
+    let grandchild: i32 = f.read("packages/grandchild.pid").trim().parse().unwrap();
+    assert!(!pid_alive(child_pid), "child {child_pid} survived");
+    assert!(!pid_alive(grandchild), "grandchild {grandchild} survived");
+}

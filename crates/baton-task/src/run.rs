@@ -8,7 +8,9 @@
 //!
 //! A task's inputs are its package's files (see [`crate::inputs`]) plus the outputs of the tasks it
 //! depends on, so a change that alters a dependency's output is a miss of the dependents naming the
-//! changed file. On a failure (fail-fast) or cancellation every running process group is killed and
+//! changed file, plus a stamp of each dependency's own cache key, so a change further upstream
+//! (one a dependency does not pass on in its outputs, but a bundler reads) is a miss too. On a
+//! failure (fail-fast) or cancellation every running process group is killed and
 //! nothing new starts.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -449,9 +451,12 @@ async fn run_task(
     let mut dep_inputs = DepInputs::default();
     for d in &deps {
         dep_inputs.files.extend(d.outputs.iter().cloned());
-        if d.outputs.is_empty() {
-            dep_inputs.stamps.push((format!("#task:{}", d.id), d.stamp));
-        }
+        // The stamp covers the dependency's own inputs, which include its dependencies'
+        // stamps: a change anywhere upstream reaches every dependent, even one that only
+        // sees it through a bundle. It sorts after file paths, so a miss names a file first.
+        dep_inputs
+            .stamps
+            .push((format!("{DEP_PREFIX}{}", d.id), d.stamp));
     }
     dep_inputs.files.sort();
     dep_inputs.files.dedup();
@@ -575,7 +580,7 @@ async fn run_task(
             CacheStatus::Miss(e.clone())
         } else {
             match lookups.get(item) {
-                Some(Lookup::Miss(reason)) => CacheStatus::Miss(reason.to_string()),
+                Some(Lookup::Miss(reason)) => CacheStatus::Miss(reason_text(reason)),
                 _ => CacheStatus::Miss(format!(
                     "item {} of this task missed, so every item runs",
                     first_miss.unwrap_or(0)
@@ -630,8 +635,23 @@ struct ItemRun {
 struct DepInputs {
     /// Output files of dependencies (workspace-relative).
     files: Vec<String>,
-    /// `(#task:pkg#task, stamp)` for dependencies without declared outputs.
+    /// `(~dependency pkg#task, stamp)` for every dependency.
     stamps: Vec<(String, Digest)>,
+}
+
+/// Prefix of the pseudo input that stands for a dependency's result.
+const DEP_PREFIX: &str = "~dependency ";
+
+/// A miss reason as printed: dependency stamps read `dependency pkg#task changed`.
+fn reason_text(reason: &MissReason) -> String {
+    match reason {
+        MissReason::Modified(p) | MissReason::Added(p) | MissReason::Removed(p)
+            if p.starts_with(DEP_PREFIX) =>
+        {
+            format!("dependency {} changed", &p[DEP_PREFIX.len()..])
+        }
+        other => other.to_string(),
+    }
 }
 
 /// A digest of what decided an item's result: its spawn key and input states.
@@ -830,7 +850,7 @@ async fn run_item(
                 if post != pre {
                     let why = pre
                         .diff(&post)
-                        .map(|r| r.to_string())
+                        .map(|r| reason_text(&r))
                         .unwrap_or_else(|| "inputs changed".into());
                     return (
                         Some(format!(

@@ -110,7 +110,7 @@ impl Fixture {
     }
 }
 
-/// Replaces `1.2 s` style durations with `[t] s`.
+/// Replaces `1.2 s` and `12ms` style durations with `[t] s` and `[t]ms`.
 pub fn redact_durations(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let b = s.as_bytes();
@@ -122,6 +122,11 @@ pub fn redact_durations(s: &str) -> String {
                 j += 1;
             }
             if s[j..].starts_with(" s") && s[i..j].contains('.') {
+                out.push_str("[t]");
+                i = j;
+                continue;
+            }
+            if s[j..].starts_with("ms") && !s[j + 2..].starts_with(|c: char| c.is_alphanumeric()) {
                 out.push_str("[t]");
                 i = j;
                 continue;

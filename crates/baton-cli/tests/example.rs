@@ -1,0 +1,104 @@
+//! `baton run` on the real example workspace (`examples/monorepo`): TypeScript `tsc` and esbuild
+//! builds from npm, cached, restored and invalidated.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{Fixture, tool_command};
+
+fn example_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/monorepo")
+}
+
+/// Installs the example's npm dependencies (typescript, esbuild) when they are missing.
+fn ensure_node_modules() {
+    let dir = example_dir();
+    if dir.join("node_modules/.bin/tsc").exists() && dir.join("node_modules/.bin/esbuild").exists()
+    {
+        return;
+    }
+    let status = tool_command("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(&dir)
+        .status()
+        .expect("npm must be installed to run the example tests");
+    assert!(status.success(), "npm ci in {} failed", dir.display());
+}
+
+/// Copies the example (node_modules included, symlinks kept) into a fresh fixture.
+fn copy_example() -> Fixture {
+    ensure_node_modules();
+    let f = Fixture::new(&[]);
+    copy_tree(&example_dir(), f.root());
+    f
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        if name == ".baton" || name == "dist" {
+            continue;
+        }
+        let src = entry.path();
+        let dst = to.join(&name);
+        let ft = entry.file_type().unwrap();
+        if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src).unwrap(), &dst).unwrap();
+        } else if ft.is_dir() {
+            std::fs::create_dir_all(&dst).unwrap();
+            copy_tree(&src, &dst);
+        } else {
+            std::fs::copy(&src, &dst).unwrap();
+        }
+    }
+}
+
+#[test]
+fn example_builds_hits_restores_and_invalidates() {
+    let f = copy_example();
+    let cold = f.baton(&["run", "build", "-r"]);
+    assert_eq!(cold.code, 0, "{}", cold.snapshot());
+    assert!(cold.stdout.contains("0/4 cache hit"), "{}", cold.stdout);
+    assert!(f.root().join("packages/utils/dist/index.d.ts").exists());
+    let app = f.baton_in("packages/app", &["run", "test"], &[]);
+    assert!(
+        app.stdout.contains("2 orders totalling 5.75."),
+        "{}",
+        app.stdout
+    );
+
+    let hit = f.baton(&["run", "build", "-r"]);
+    insta::assert_snapshot!("example_hit", hit.snapshot());
+
+    // Every output deleted: restored from the cache, and the app still runs.
+    for p in ["utils", "core", "app"] {
+        std::fs::remove_dir_all(f.root().join("packages").join(p).join("dist")).unwrap();
+    }
+    let restored = f.baton(&["run", "build", "-r"]);
+    assert!(
+        restored.stdout.contains("4/4 cache hit"),
+        "{}",
+        restored.stdout
+    );
+    let app = f.baton_in("packages/app", &["run", "test"], &[]);
+    assert!(
+        app.stdout.contains("2 orders totalling 5.75."),
+        "{}",
+        app.stdout
+    );
+
+    // A change in the leaf-most library: it and everything above it rebuild.
+    let src = f.root().join("packages/utils/src/index.ts");
+    let text = std::fs::read_to_string(&src).unwrap();
+    std::fs::write(&src, text.replace("+ \".\"", "+ \"!\"")).unwrap();
+    let changed = f.baton(&["run", "build", "-r"]);
+    insta::assert_snapshot!("example_changed", changed.snapshot());
+    let app = f.baton_in("packages/app", &["run", "test"], &[]);
+    assert!(
+        app.stdout.contains("2 orders totalling 5.75!"),
+        "{}",
+        app.stdout
+    );
+}

@@ -142,7 +142,8 @@ impl ExecServer {
     }
 
     /// Shuts down: closes every connection and kills every process of every session (whole
-    /// process groups). Idempotent.
+    /// process groups). Idempotent. Only this server's processes are touched (a binary may
+    /// additionally call `baton_exec::kill_all` on exit).
     pub fn shutdown(&self) {
         self.inner.shutdown.cancel();
         let conns: Vec<Peer> = lock(&self.inner.conns).values().cloned().collect();
@@ -154,7 +155,6 @@ impl ExecServer {
         for s in sessions {
             end_session(&s);
         }
-        baton_exec::kill_all();
     }
 
     /// Resolves when [`ExecServer::shutdown`] has been called.

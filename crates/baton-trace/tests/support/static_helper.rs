@@ -1,0 +1,60 @@
+// Source of the statically linked helper the integration tests compile with
+// `rustc -C target-feature=+crt-static`; it is not part of the test crate itself
+// (`tests/trace.rs` embeds it with `include_str!`).
+//
+// Arguments are operations run in order, each `op=argument`:
+//   read=PATH, write=PATH, stat=PATH, list=DIR, thread-read=PATH (in a new thread),
+//   openat=DIR:REL (openat(2) relative to an open directory fd), connect=ADDR (TCP),
+//   child=OP (runs this program again with the single operation OP and waits).
+use std::ffi::CString;
+use std::io::Write;
+
+unsafe extern "C" {
+    fn openat(dirfd: i32, path: *const std::ffi::c_char, flags: i32, ...) -> i32;
+    fn close(fd: i32) -> i32;
+}
+
+fn main() {
+    for arg in std::env::args().skip(1) {
+        let (op, value) = arg.split_once('=').expect("op=value");
+        match op {
+            "read" => {
+                std::fs::read(value).expect("read");
+            }
+            "write" => std::fs::write(value, b"written by helper").expect("write"),
+            "stat" => {
+                let _ = std::fs::metadata(value);
+            }
+            "list" => {
+                for entry in std::fs::read_dir(value).expect("read_dir") {
+                    entry.expect("entry");
+                }
+            }
+            "thread-read" => {
+                let path = value.to_owned();
+                std::thread::spawn(move || std::fs::read(path).expect("thread read"))
+                    .join()
+                    .expect("join");
+            }
+            "openat" => {
+                use std::os::fd::AsRawFd;
+                let (dir, rel) = value.split_once(':').expect("DIR:REL");
+                let dir = std::fs::File::open(dir).expect("open dir");
+                let rel = CString::new(rel).expect("no NUL");
+                let fd = unsafe { openat(dir.as_raw_fd(), rel.as_ptr(), 0) };
+                assert!(fd >= 0, "openat failed");
+                unsafe { close(fd) };
+            }
+            "connect" => {
+                let mut stream = std::net::TcpStream::connect(value).expect("connect");
+                stream.write_all(b"hi").expect("write to socket");
+            }
+            "child" => {
+                let exe = std::env::current_exe().expect("current_exe");
+                let status = std::process::Command::new(exe).arg(value).status().expect("spawn");
+                assert!(status.success(), "child failed");
+            }
+            other => panic!("unknown op {other}"),
+        }
+    }
+}

@@ -22,9 +22,15 @@ enum Command {
     Run(Box<run::RunArgs>),
     /// Inspect or clear the local task cache.
     Cache(cache_cmd::CacheArgs),
+    /// Serve the exec-server protocol (JSON-RPC over WebSocket or stdio).
+    ExecServer(Box<exec_server::ExecServerArgs>),
+    /// Run one command on an exec server and stream its output.
+    Exec(Box<exec::ExecArgs>),
 }
 
 mod cache_cmd;
+mod exec;
+mod exec_server;
 mod run;
 mod style;
 
@@ -33,6 +39,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::main(*args),
         Command::Cache(args) => cache_cmd::main(args),
+        Command::ExecServer(args) => exec_server::main(*args),
+        Command::Exec(args) => exec::main(*args),
     };
     match result {
         Ok(code) => code,

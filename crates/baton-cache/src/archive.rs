@@ -10,8 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::error::CacheError;
 use crate::fingerprint::{
-    Digest, hash_file, key_to_path, lossless_string, os_string_from_lossless, parallel_map,
-    path_to_key,
+    Digest, key_to_path, lossless_string, os_string_from_lossless, parallel_map, path_to_key,
 };
 
 /// One output recorded in an entry's manifest.
@@ -382,6 +381,7 @@ pub(crate) fn write_archive<S: AsRef<str>, W: Write>(
 pub(crate) fn plan_restore(
     root: &Path,
     manifest: &[OutputFile],
+    hasher: &(dyn Fn(&Path, &fs::Metadata) -> io::Result<Digest> + Sync),
     stats: &mut RestoreStats,
 ) -> Result<Vec<usize>, CacheError> {
     #[derive(Clone, Copy)]
@@ -400,7 +400,7 @@ pub(crate) fn plan_restore(
                 if !meta.is_file() || meta.len() != *size {
                     return State::Needed;
                 }
-                match hash_file(&abs) {
+                match hasher(&abs, &meta) {
                     Ok(h) if h == *hash => {
                         if mode_of(&meta) == *mode {
                             State::Matches

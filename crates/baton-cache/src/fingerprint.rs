@@ -664,7 +664,7 @@ pub fn path_state(path: &Path) -> io::Result<PathState> {
     }
 }
 
-fn is_absent(e: &io::Error) -> bool {
+pub(crate) fn is_absent(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::NotFound | io::ErrorKind::NotADirectory

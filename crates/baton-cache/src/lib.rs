@@ -52,6 +52,7 @@ mod codec;
 mod error;
 mod fingerprint;
 mod miss;
+mod statcache;
 mod store;
 
 pub use archive::{LogChunk, OutputFile, OutputKind, RestoreStats, Stream};

@@ -17,9 +17,10 @@ use crate::archive::{
 use crate::error::CacheError;
 use crate::fingerprint::{
     Digest, FingerprintError, InputFingerprint, PathState, SpawnFingerprint, change, env_key_state,
-    fingerprint_paths, is_env_key,
+    fingerprint_paths, hash_file, is_absent, is_env_key, key_to_path, listing_hash,
 };
 use crate::miss::MissReason;
+use crate::statcache::{PENDING_FLUSH_AT, Pending, StatCache, abs_key, write_pending};
 
 /// Version of the on-disk layout; the store lives in `<dir>/v{SCHEMA_VERSION}/`. Bump it whenever
 /// the layout or any encoding changes; old directories are then ignored (and removed by
@@ -62,7 +63,20 @@ CREATE TABLE IF NOT EXISTS last_run (
     spawn_key BLOB NOT NULL,
     spawn TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS file_hashes (
+    path TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
+    ino INTEGER NOT NULL,
+    dev INTEGER NOT NULL,
+    hash BLOB NOT NULL
+) WITHOUT ROWID;
 ";
+
+/// Revision of the tables inside a schema directory (`PRAGMA user_version`); additive changes
+/// (new tables, created with `IF NOT EXISTS`) bump it without changing [`SCHEMA_VERSION`].
+const DB_REVISION: i64 = 2;
 
 /// The current state of a task's inputs, as [`CacheStore::lookup`] needs it.
 ///
@@ -199,6 +213,30 @@ struct Inner {
     tmp_dir: PathBuf,
     db_path: PathBuf,
     conn: Mutex<Connection>,
+    /// File hashes computed by this process, written with the next `put` or on drop.
+    pending_hashes: Mutex<Pending>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let pending = self
+            .pending_hashes
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        if pending.is_empty() {
+            return;
+        }
+        let conn = self.conn.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let res = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .and_then(|tx| {
+                write_pending(&tx, pending)?;
+                tx.commit()
+            });
+        if let Err(e) = res {
+            tracing::debug!(error = %e, "cannot record file hashes");
+        }
+    }
 }
 
 /// A local task cache (see the crate docs for the layout). Cheap to clone (shared handle);
@@ -263,7 +301,20 @@ impl CachedRun {
     /// [`CacheError::Restore`] / [`CacheError::Io`] when the workspace cannot be written.
     pub fn restore_outputs(&self, root: &Path) -> Result<RestoreStats, CacheError> {
         let mut stats = RestoreStats::default();
-        let needed = archive::plan_restore(root, &self.manifest, &mut stats)?;
+        let abs: Vec<String> = self
+            .manifest
+            .iter()
+            .map(|o| abs_key(&key_to_path(root, &o.path)))
+            .collect();
+        let cache = self.store.load_stat_cache(&abs);
+        let hasher = |path: &Path, meta: &fs::Metadata| match &cache {
+            Some(c) => c.hash(path, &abs_key(path), meta),
+            None => hash_file(path),
+        };
+        let needed = archive::plan_restore(root, &self.manifest, &hasher, &mut stats)?;
+        if let Some(c) = cache {
+            self.store.save_stat_cache(c);
+        }
         if needed.is_empty() {
             return Ok(stats);
         }
@@ -387,10 +438,9 @@ impl CacheStore {
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(db_err)?;
-        if version != i64::from(SCHEMA_VERSION) {
-            let tx_sql = format!(
-                "BEGIN IMMEDIATE; {SCHEMA_SQL} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
-            );
+        if version < DB_REVISION {
+            let tx_sql =
+                format!("BEGIN IMMEDIATE; {SCHEMA_SQL} PRAGMA user_version={DB_REVISION}; COMMIT;");
             conn.execute_batch(&tx_sql).map_err(db_err)?;
         }
         Ok(Self {
@@ -401,6 +451,7 @@ impl CacheStore {
                 tmp_dir,
                 db_path,
                 conn: Mutex::new(conn),
+                pending_hashes: Mutex::new(Pending::new()),
             }),
         })
     }
@@ -432,6 +483,102 @@ impl CacheStore {
     fn blob_path(&self, d: &Digest) -> PathBuf {
         let hex = d.to_hex();
         self.inner.blobs_dir.join(&hex[..2]).join(hex)
+    }
+
+    fn pending(&self) -> MutexGuard<'_, Pending> {
+        self.inner
+            .pending_hashes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn load_stat_cache(&self, abs: &[String]) -> Option<StatCache> {
+        let conn = self.conn();
+        let pending = self.pending();
+        match StatCache::load(&conn, &pending, abs) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::debug!(error = %e, "file hash cache unavailable");
+                None
+            }
+        }
+    }
+
+    fn save_stat_cache(&self, cache: StatCache) {
+        let full = {
+            let mut pending = self.pending();
+            cache.save(&mut pending);
+            pending.len() >= PENDING_FLUSH_AT
+        };
+        if full {
+            // Lock order everywhere: connection, then pending rows.
+            let mut conn = self.conn();
+            let mut pending = self.pending();
+            let res = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .and_then(|tx| {
+                    write_pending(&tx, &mut pending)?;
+                    tx.commit()
+                });
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "cannot record file hashes");
+            }
+        }
+    }
+
+    /// Like [`fingerprint_paths`], but reuses the hash of a file whose size, mtime, ctime, inode
+    /// and device are unchanged since an earlier call hashed it (rows live in `meta.sqlite`,
+    /// recorded only for files whose timestamps were more than 2 s old at hashing time, so a
+    /// later write is always detected). Directories and absent paths are computed as usual.
+    ///
+    /// Errors: as [`fingerprint_paths`]. Failures of the hash cache itself are ignored (files
+    /// are then simply hashed).
+    pub fn fingerprint_paths<S: AsRef<str> + Sync>(
+        &self,
+        root: &Path,
+        paths: &[S],
+    ) -> Result<InputFingerprint, FingerprintError> {
+        let abs: Vec<PathBuf> = paths
+            .iter()
+            .map(|p| key_to_path(root, p.as_ref()))
+            .collect();
+        let keys: Vec<String> = abs.iter().map(|p| abs_key(p)).collect();
+        let Some(cache) = self.load_stat_cache(&keys) else {
+            return fingerprint_paths(root, paths);
+        };
+        let idx: Vec<usize> = (0..paths.len()).collect();
+        let states = crate::fingerprint::parallel_map(&idx, |&i| -> io::Result<PathState> {
+            let path = &abs[i];
+            let meta = match fs::metadata(path) {
+                Ok(m) => m,
+                Err(e) if is_absent(&e) => return Ok(PathState::Absent),
+                Err(e) => return Err(e),
+            };
+            if meta.is_dir() {
+                return Ok(PathState::Dir {
+                    listing_hash: listing_hash(path)?,
+                });
+            }
+            match cache.hash(path, &keys[i], &meta) {
+                Ok(hash) => Ok(PathState::File { hash }),
+                Err(e) if is_absent(&e) => Ok(PathState::Absent),
+                Err(e) => Err(e),
+            }
+        });
+        self.save_stat_cache(cache);
+        let mut out = InputFingerprint::new();
+        for (p, state) in paths.iter().zip(states) {
+            match state {
+                Ok(s) => out.insert(p.as_ref(), s),
+                Err(source) => {
+                    return Err(FingerprintError {
+                        path: p.as_ref().to_owned(),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Looks up a run of `task_id` spawned as `spawn` whose inputs still match `current`.
@@ -799,6 +946,8 @@ impl CacheStore {
                         let _ = fs::remove_file(self.blob_path(&d));
                     }
                 }
+                // File hashes noted since the last write ride along (best effort).
+                let _ = write_pending(&tx, &mut self.pending());
                 Ok(())
             })();
             outcome.map_err(|e| self.db_err(e))?;
@@ -871,6 +1020,9 @@ impl CacheStore {
                 .map_err(|e| self.db_err(e))? as u64;
             tx.execute("DELETE FROM last_run", [])
                 .map_err(|e| self.db_err(e))?;
+            tx.execute("DELETE FROM file_hashes", [])
+                .map_err(|e| self.db_err(e))?;
+            self.pending().clear();
             for d in [&self.inner.blobs_dir, &self.inner.tmp_dir] {
                 stats.bytes += dir_usage(d, false).1;
                 remove_contents(d).map_err(|e| CacheError::io(d, e))?;

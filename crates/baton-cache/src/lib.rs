@@ -12,6 +12,57 @@
 //! fingerprint, probing of recorded paths, or both). A miss is a value with a precise
 //! [`MissReason`] (`'src/a.ts' modified`, `env NODE_ENV changed`, `args changed`, …).
 //!
+//! # Example
+//!
+//! ```
+//! use std::{collections::BTreeMap, fs, time::Duration};
+//! use baton_cache::*;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let tmp = tempfile::tempdir()?;
+//! let root = tmp.path();
+//! fs::create_dir_all(root.join("src"))?;
+//! fs::write(root.join("src/a.ts"), "export {}")?;
+//! let store = CacheStore::open(&CacheStore::default_dir(root))?;
+//! let spawn = SpawnFingerprint {
+//!     cwd: String::new(),
+//!     program: "tsc".into(),
+//!     args: vec![],
+//!     env: BTreeMap::from([("PATH".into(), EnvFingerprint::PassThrough)]),
+//!     input_config: serde_json::json!(["src/**"]),
+//!     output_config: serde_json::json!(["dist/**"]),
+//!     command: "tsc".into(),
+//! };
+//! // Before running: fingerprint the current inputs and look up.
+//! let inputs = store.fingerprint_paths(root, &["src/a.ts"])?;
+//! match store.lookup("app#build", &spawn, &CurrentInputs::complete(&inputs))? {
+//!     Lookup::Hit(_) => unreachable!("empty cache"),
+//!     Lookup::Miss(reason) => assert_eq!(reason.to_string(), "not found in cache"),
+//! }
+//! // The task ran and exited 0: store it.
+//! fs::create_dir_all(root.join("dist"))?;
+//! fs::write(root.join("dist/a.js"), "export {}")?;
+//! let logs = [LogChunk { stream: Stream::Stdout, bytes: b"done\n".to_vec() }];
+//! store.put(&NewEntry {
+//!     task_id: "app#build",
+//!     spawn: &spawn,
+//!     inputs: &inputs,
+//!     root,
+//!     outputs: &["dist/a.js".to_string()],
+//!     logs: &logs,
+//!     duration: Duration::from_millis(900),
+//! })?;
+//! // Next time: a hit; replay the logs and restore what is missing.
+//! fs::remove_dir_all(root.join("dist"))?;
+//! let inputs = store.fingerprint_paths(root, &["src/a.ts"])?;
+//! let Lookup::Hit(run) = store.lookup("app#build", &spawn, &CurrentInputs::complete(&inputs))?
+//! else { unreachable!() };
+//! assert_eq!(run.logs(), &logs);
+//! let restored = run.restore_outputs(root)?; // on CacheError::Corrupt: rerun, report as_miss_reason()
+//! assert_eq!((restored.written, restored.skipped), (1, 0));
+//! # Ok(()) }
+//! ```
+//!
 //! # Layout (schema version 1)
 //!
 //! ```text
@@ -22,6 +73,8 @@
 //!               inputs BLOB, manifest BLOB, archive BLOB(32)?, archive_size?,
 //!               logs_inline BLOB?, logs_blob BLOB(32)?, logs_size?)
 //!       last_run(task_id PRIMARY KEY, spawn_key, spawn TEXT)   -- JSON SpawnFingerprint
+//!       file_hashes(path PRIMARY KEY, size, mtime_ns, ctime_ns, ino, dev, hash)
+//!                             stat-keyed BLAKE3 cache (CacheStore::fingerprint_paths)
 //!     blobs/ab/abcdef…        zstd frame; name = hex BLAKE3 of the *uncompressed* content
 //!     tmp/                    archives being written (renamed into blobs/ when complete)
 //! ```
@@ -46,6 +99,17 @@
 //! * Concurrency: one connection per [`CacheStore`] behind a mutex (held per query, not during
 //!   hashing); writers use `BEGIN IMMEDIATE`; several processes can share a directory.
 //! * Secrets: env values never reach the disk, only their digests.
+//! * File-hash cache: a row is written only for files whose mtime and ctime were more than 2 s
+//!   old when hashing started, and used only while size, mtime, ctime, inode and device are all
+//!   unchanged, so a later write (which always moves ctime) is never missed.
+//!
+//! # Env-derived inputs
+//!
+//! Env variables read during the run (tool IPC `getEnv`/`getEnvs` with `tracked`) are recorded
+//! as inputs with [`InputFingerprint::insert_env`] / [`InputFingerprint::insert_env_pattern`]
+//! under keys that start with a NUL ([`ENV_INPUT_PREFIX`], [`ENV_PATTERN_INPUT_PREFIX`]), so they
+//! never collide with paths; lookups resolve them from [`CurrentInputs::env`] and report
+//! `env NAME changed`. They are not paths: do not pass them to [`fingerprint_paths`].
 
 mod archive;
 mod codec;

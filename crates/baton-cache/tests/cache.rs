@@ -1,4 +1,5 @@
 //! Store round trips on real files: put, hit, restore, misses, corruption, concurrency.
+#![cfg(unix)]
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;

@@ -1,5 +1,6 @@
 //! The file-hash cache of `CacheStore::fingerprint_paths`: rows only for old files, reused only
 //! while every stat value is unchanged.
+#![cfg(unix)]
 
 use std::fs;
 use std::path::Path;

@@ -938,3 +938,39 @@ fn env_inputs_recorded_after_the_run() {
         assert!(!hay.windows(9).any(|w| w == b"https://a"));
     }
 }
+
+#[test]
+fn long_and_non_utf8_output_names_round_trip() {
+    use std::os::unix::ffi::OsStrExt;
+    let w = ws();
+    let long_dir = w
+        .root
+        .join("dist")
+        .join("a-rather-long-directory-name-".repeat(4))
+        .join("and-another-one-".repeat(4));
+    fs::create_dir_all(&long_dir).unwrap();
+    fs::write(long_dir.join("file-with-a-long-name.js".repeat(3)), "long").unwrap();
+    let odd = w.root.join("dist").join(OsStr::from_bytes(b"caf\xe9.txt"));
+    fs::write(&odd, "latin-1 name").unwrap();
+    // An empty directory where a file will be restored, and a directory symlink.
+    std::os::unix::fs::symlink("../src", w.root.join("dist/srclink")).unwrap();
+    let before = snapshot(&w.root.join("dist"));
+    let store = CacheStore::open(&w.cache).unwrap();
+    put(&store, &w, &spawn(), &[]);
+    let Lookup::Hit(run) = lookup(&store, &w, &spawn()) else {
+        panic!("expected a hit")
+    };
+    assert_eq!(run.outputs().len(), 3);
+    assert!(
+        run.outputs()
+            .iter()
+            .any(|o| o.path.starts_with('\0') && o.path.contains("x:")),
+        "non-UTF-8 name kept losslessly: {:?}",
+        run.outputs()
+    );
+    fs::remove_dir_all(w.root.join("dist")).unwrap();
+    fs::create_dir_all(w.root.join("dist/srclink")).unwrap();
+    let stats = run.restore_outputs(&w.root).unwrap();
+    assert_eq!(stats.written, 3);
+    assert_eq!(snapshot(&w.root.join("dist")), before);
+}

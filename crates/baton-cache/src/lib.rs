@@ -129,7 +129,7 @@ pub use fingerprint::{
 };
 pub use miss::MissReason;
 pub use store::{
-    CacheStats, CacheStore, CachedRun, CleanStats, CurrentInputs, Lookup,
+    CacheStats, CacheStore, CachedRun, CleanStats, CurrentInputs, GcStats, Lookup,
     MAX_ENTRIES_PER_SPAWN_KEY, MAX_ENTRIES_PER_TASK, NewEntry, Probe, PutStats, SCHEMA_VERSION,
     SchemaStats,
 };

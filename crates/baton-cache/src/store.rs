@@ -206,6 +206,21 @@ pub struct CleanStats {
     pub bytes: u64,
 }
 
+/// Result of [`CacheStore::gc`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GcStats {
+    /// Blob files no entry referenced, deleted.
+    pub blobs: u64,
+    /// Temp files left behind by interrupted writes, deleted.
+    pub temp_files: u64,
+    /// Bytes freed.
+    pub bytes: u64,
+}
+
+/// Temp files younger than this are left alone by [`CacheStore::gc`] (a writer may be using
+/// them).
+const GC_TEMP_MIN_AGE: Duration = Duration::from_secs(3600);
+
 struct Inner {
     dir: PathBuf,
     schema_dir: PathBuf,
@@ -1002,6 +1017,75 @@ impl CacheStore {
             dir: self.inner.dir.clone(),
             schemas,
         })
+    }
+
+    /// Deletes what crashes and pruning races can leave behind: blob files no entry references,
+    /// and temp files (`.baton-tmp-*`) older than an hour. Runs under the write lock; a
+    /// concurrent `put` re-checks its blobs under the same lock and rewrites them if needed.
+    ///
+    /// Errors: database failures; files that cannot be deleted are skipped.
+    pub fn gc(&self) -> Result<GcStats, CacheError> {
+        let mut stats = GcStats::default();
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.db_err(e))?;
+        let mut referenced = std::collections::HashSet::new();
+        {
+            let mut stmt = tx
+                .prepare("SELECT archive, logs_blob FROM entries")
+                .map_err(|e| self.db_err(e))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, Option<Vec<u8>>>(0)?,
+                        r.get::<_, Option<Vec<u8>>>(1)?,
+                    ))
+                })
+                .map_err(|e| self.db_err(e))?;
+            for row in rows {
+                let (a, l) = row.map_err(|e| self.db_err(e))?;
+                referenced.extend(a.as_deref().and_then(digest_from_col));
+                referenced.extend(l.as_deref().and_then(digest_from_col));
+            }
+        }
+        let now = SystemTime::now();
+        let mut dirs = vec![self.inner.tmp_dir.clone()];
+        if let Ok(rd) = fs::read_dir(&self.inner.blobs_dir) {
+            dirs.extend(rd.filter_map(Result::ok).map(|e| e.path()));
+        }
+        for dir in dirs {
+            let Ok(rd) = fs::read_dir(&dir) else { continue };
+            for e in rd.filter_map(Result::ok) {
+                let Ok(meta) = e.metadata() else { continue };
+                if !meta.is_file() {
+                    continue;
+                }
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                let (delete, is_blob) = match Digest::from_hex(&name) {
+                    Some(d) => (!referenced.contains(&d), true),
+                    None => {
+                        let old = meta
+                            .modified()
+                            .ok()
+                            .and_then(|m| now.duration_since(m).ok())
+                            .is_some_and(|age| age >= GC_TEMP_MIN_AGE);
+                        (name.starts_with(".baton-tmp-") && old, false)
+                    }
+                };
+                if delete && fs::remove_file(e.path()).is_ok() {
+                    stats.bytes += meta.len();
+                    if is_blob {
+                        stats.blobs += 1;
+                    } else {
+                        stats.temp_files += 1;
+                    }
+                }
+            }
+        }
+        tx.commit().map_err(|e| self.db_err(e))?;
+        Ok(stats)
     }
 
     /// Removes every entry and blob of the current schema (under the write lock, so concurrent

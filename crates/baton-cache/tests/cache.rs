@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use baton_cache::{
-    CacheError, CacheStore, CurrentInputs, EnvFingerprint, InputFingerprint, LogChunk, Lookup,
-    NewEntry, SpawnFingerprint, Stream, fingerprint_paths,
+    CacheError, CacheStore, CurrentInputs, Digest, EnvFingerprint, InputFingerprint, LogChunk,
+    Lookup, NewEntry, SpawnFingerprint, Stream, fingerprint_paths,
 };
 
 struct Ws {
@@ -973,4 +973,45 @@ fn long_and_non_utf8_output_names_round_trip() {
     let stats = run.restore_outputs(&w.root).unwrap();
     assert_eq!(stats.written, 3);
     assert_eq!(snapshot(&w.root.join("dist")), before);
+}
+
+#[test]
+fn gc_removes_orphan_blobs_and_old_temp_files_only() {
+    let w = ws();
+    write_outputs(&w.root);
+    let store = CacheStore::open(&w.cache).unwrap();
+    put(&store, &w, &spawn(), &logs());
+    let live = blob_files(&store);
+    assert_eq!(live.len(), 1);
+    let dir = live[0].parent().unwrap();
+    // An orphan blob (as left by a writer that died before inserting its entry).
+    let orphan_hex = Digest::of(b"orphan").to_hex();
+    let orphan = store
+        .schema_dir()
+        .join("blobs")
+        .join(&orphan_hex[..2])
+        .join(&orphan_hex);
+    fs::create_dir_all(orphan.parent().unwrap()).unwrap();
+    fs::write(&orphan, "x").unwrap();
+    // A temp file from a crash long ago, and one being written right now.
+    let old_tmp = dir.join(".baton-tmp-1-2-3");
+    fs::write(&old_tmp, "partial").unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&old_tmp)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(7200))
+        .unwrap();
+    let new_tmp = store.schema_dir().join("tmp/.baton-tmp-4-5-6");
+    fs::write(&new_tmp, "in progress").unwrap();
+
+    let stats = store.gc().unwrap();
+    assert_eq!((stats.blobs, stats.temp_files), (1, 1));
+    assert!(!orphan.exists() && !old_tmp.exists());
+    assert!(new_tmp.exists() && live[0].exists());
+    fs::remove_dir_all(w.root.join("dist")).unwrap();
+    let Lookup::Hit(run) = lookup(&store, &w, &spawn()) else {
+        panic!("expected a hit")
+    };
+    assert_eq!(run.restore_outputs(&w.root).unwrap().written, 5);
 }

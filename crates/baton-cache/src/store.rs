@@ -541,6 +541,24 @@ impl CacheStore {
         }
     }
 
+    /// Writes the file hashes remembered by [`CacheStore::fingerprint_paths`] and restores to
+    /// `meta.sqlite` now (they are otherwise written with the next `put`, after 2048 of them,
+    /// or when the last handle is dropped). Call before `std::process::exit`.
+    ///
+    /// Errors: database failures (the rows are then dropped; only speed is lost).
+    pub fn flush(&self) -> Result<(), CacheError> {
+        let mut conn = self.conn();
+        let mut pending = self.pending();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.db_err(e))?;
+        write_pending(&tx, &mut pending).map_err(|e| self.db_err(e))?;
+        tx.commit().map_err(|e| self.db_err(e))
+    }
+
     /// Like [`fingerprint_paths`], but reuses the hash of a file whose size, mtime, ctime, inode
     /// and device are unchanged since an earlier call hashed it (rows live in `meta.sqlite`,
     /// recorded only for files whose timestamps were more than 2 s old at hashing time, so a

@@ -1,6 +1,7 @@
 //! The result of a traced run: which paths were touched how, and which network peers were contacted.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -231,15 +232,38 @@ impl AccessLog {
         self.notifications
     }
 
-    pub(crate) fn record(&mut self, path: PathBuf, kind: AccessKind) {
-        self.paths.entry(path).or_default().insert(kind);
-    }
-
     pub(crate) fn record_connect(&mut self, addr: SocketAddr) {
         let access = NetworkAccess::new(addr);
         if !self.network.contains(&access) {
             self.network.push(access);
         }
+    }
+}
+
+/// Collects an [`AccessLog`] on the supervisor thread: paths go into a hash map keyed by their raw
+/// bytes (comparing `Path`s component by component in a `BTreeMap` was the supervisor's hottest
+/// code) and are sorted once at the end.
+#[derive(Default)]
+pub(crate) struct Recorder {
+    paths: HashMap<OsString, AccessKinds>,
+    pub(crate) log: AccessLog,
+}
+
+impl Recorder {
+    pub(crate) fn record(&mut self, path: PathBuf, kind: AccessKind) {
+        self.paths
+            .entry(path.into_os_string())
+            .or_default()
+            .insert(kind);
+    }
+
+    pub(crate) fn finish(mut self) -> AccessLog {
+        self.log.paths = self
+            .paths
+            .into_iter()
+            .map(|(p, k)| (PathBuf::from(p), k))
+            .collect();
+        self.log
     }
 }
 

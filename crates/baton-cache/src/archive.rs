@@ -552,7 +552,9 @@ pub(crate) fn extract<R: Read>(
         return Err(corrupt(format!("'{missing}' is missing from the archive")));
     }
     let written = staged.items.len();
-    for (tmp, dest, key) in std::mem::take(&mut staged.items) {
+    // Rename in order; on failure the items not yet renamed stay in `staged` and its drop
+    // removes their temp files.
+    while let Some((tmp, dest, key)) = staged.items.pop() {
         if let Ok(meta) = fs::symlink_metadata(&dest)
             && meta.is_dir()
             && fs::remove_dir(&dest).is_err()

@@ -1015,3 +1015,29 @@ fn gc_removes_orphan_blobs_and_old_temp_files_only() {
     };
     assert_eq!(run.restore_outputs(&w.root).unwrap().written, 5);
 }
+
+#[test]
+fn restore_blocked_by_a_directory_leaves_no_temp_files() {
+    let w = ws();
+    write_outputs(&w.root);
+    let store = CacheStore::open(&w.cache).unwrap();
+    put(&store, &w, &spawn(), &[]);
+    fs::remove_dir_all(w.root.join("dist")).unwrap();
+    // A non-empty directory where the file `dist/index.js` belongs.
+    fs::create_dir_all(w.root.join("dist/index.js/keep")).unwrap();
+    let Lookup::Hit(run) = lookup(&store, &w, &spawn()) else {
+        panic!("expected a hit")
+    };
+    let err = run.restore_outputs(&w.root).unwrap_err();
+    assert!(
+        matches!(&err, CacheError::Restore { path, .. } if path == "dist/index.js"),
+        "{err}"
+    );
+    let left: Vec<String> = snapshot(&w.root.join("dist"))
+        .into_keys()
+        .filter(|k| k.contains(".baton-tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // Not a corruption: the entry is still there.
+    assert!(matches!(lookup(&store, &w, &spawn()), Lookup::Hit(_)));
+}

@@ -35,9 +35,9 @@ pub struct ExecArgs {
     /// Run the command on a pseudo-terminal.
     #[arg(long)]
     pub tty: bool,
-    /// Send paths as `file://` URIs (for servers that want that dialect).
+    /// Send paths as bare absolute paths instead of `file://` URIs (for older Codex servers).
     #[arg(long)]
-    pub uri_paths: bool,
+    pub bare_paths: bool,
     /// Reconnect attempts after the connection drops (with backoff from 100 ms to 5 s).
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub reconnect_attempts: u32,
@@ -113,7 +113,7 @@ async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         endpoint,
         ClientOptions {
             client_name: "baton exec".into(),
-            uri_paths: args.uri_paths,
+            uri_paths: !args.bare_paths,
             reconnect: baton_client::ReconnectPolicy {
                 max_attempts: args.reconnect_attempts,
                 ..Default::default()
@@ -123,7 +123,7 @@ async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     )
     .await
     .context("cannot connect to the exec server")?;
-    let cwd_wire = if args.uri_paths {
+    let cwd_wire = if !args.bare_paths {
         baton_protocol::exec::WirePath::uri_from_path(&cwd)
     } else {
         baton_protocol::exec::WirePath::from_path(&cwd)

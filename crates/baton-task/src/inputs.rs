@@ -12,8 +12,12 @@
 
 use std::path::Path;
 
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
 use globset::{Glob, GlobSet, GlobSetBuilder};
-use ignore::WalkBuilder;
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
 
 use crate::config::InputEntry;
 use crate::workspace::rel_slash;
@@ -88,17 +92,29 @@ impl FileSelection {
     /// Input files of a package, relative to `root`.
     ///
     /// `skip_dirs` are absolute directories never entered (nested packages).
-    pub fn inputs(&self, root: &Path, pkg_dir: &Path, skip_dirs: &[&Path]) -> Vec<String> {
+    pub fn inputs(
+        &self,
+        root: &Path,
+        pkg_dir: &Path,
+        skip_dirs: &[&Path],
+        ignores: &IgnoreCache,
+    ) -> Vec<String> {
         let mut out = Vec::new();
         if self.auto {
-            walk(root, pkg_dir, skip_dirs, true, &mut |rel_pkg, rel_root| {
-                if !self.is_output(rel_pkg) && !self.is_excluded(rel_pkg) {
-                    out.push(rel_root);
-                }
-            });
+            walk(
+                root,
+                pkg_dir,
+                skip_dirs,
+                Some(ignores),
+                &mut |rel_pkg, rel_root| {
+                    if !self.is_output(rel_pkg) && !self.is_excluded(rel_pkg) {
+                        out.push(rel_root);
+                    }
+                },
+            );
         }
         if let Some(inc) = &self.include {
-            walk(root, pkg_dir, skip_dirs, false, &mut |rel_pkg, rel_root| {
+            walk(root, pkg_dir, skip_dirs, None, &mut |rel_pkg, rel_root| {
                 if inc.is_match(rel_pkg) && !self.is_excluded(rel_pkg) {
                     out.push(rel_root);
                 }
@@ -113,7 +129,7 @@ impl FileSelection {
     pub fn outputs(&self, root: &Path, pkg_dir: &Path, skip_dirs: &[&Path]) -> Vec<String> {
         let mut out = Vec::new();
         if let Some(set) = &self.outputs {
-            walk(root, pkg_dir, skip_dirs, false, &mut |rel_pkg, rel_root| {
+            walk(root, pkg_dir, skip_dirs, None, &mut |rel_pkg, rel_root| {
                 if set.is_match(rel_pkg) {
                     out.push(rel_root);
                 }
@@ -132,49 +148,140 @@ impl FileSelection {
     }
 }
 
-/// Walks files (and symlinks) under `pkg_dir`, calling `f(path relative to pkg, relative to root)`.
+/// Compiled `.gitignore` files of a workspace, read once per directory and shared by every walk
+/// of a run (a walk per task would otherwise re-read the same files hundreds of times).
+#[derive(Debug, Default)]
+pub struct IgnoreCache {
+    dirs: Mutex<HashMap<PathBuf, Option<Arc<Gitignore>>>>,
+}
+
+impl IgnoreCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The matcher of `dir/.gitignore` (plus `.git/info/exclude` when `dir` holds a `.git`).
+    fn matcher(&self, dir: &Path) -> Option<Arc<Gitignore>> {
+        let mut map = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = map.get(dir) {
+            return m.clone();
+        }
+        let mut b = GitignoreBuilder::new(dir);
+        let mut any = false;
+        for f in [dir.join(".gitignore"), dir.join(".git/info/exclude")] {
+            if f.is_file() {
+                any = true;
+                // A malformed line is skipped, as git does.
+                let _ = b.add(f);
+            }
+        }
+        let m = if any {
+            b.build().ok().map(Arc::new)
+        } else {
+            None
+        };
+        map.insert(dir.to_path_buf(), m.clone());
+        m
+    }
+
+    /// Matchers that apply inside `dir`, from `root` down to `dir`.
+    fn chain(&self, root: &Path, dir: &Path) -> Vec<Arc<Gitignore>> {
+        let mut dirs: Vec<&Path> = dir
+            .ancestors()
+            .take_while(|d| d.starts_with(root))
+            .collect();
+        dirs.reverse();
+        dirs.into_iter().filter_map(|d| self.matcher(d)).collect()
+    }
+}
+
+fn ignored(chain: &[Arc<Gitignore>], path: &Path, is_dir: bool) -> bool {
+    for m in chain.iter().rev() {
+        match m.matched(path, is_dir) {
+            ignore::Match::Ignore(_) => return true,
+            ignore::Match::Whitelist(_) => return false,
+            ignore::Match::None => {}
+        }
+    }
+    false
+}
+
+/// Walks files (and symlinks, not followed) under `pkg_dir`, calling
+/// `f(path relative to pkg, relative to root)` in sorted order. `node_modules`, `.git` and `.baton`
+/// are never entered, nor `skip_dirs`; with `gitignore`, ignored paths are skipped.
 fn walk(
     root: &Path,
     pkg_dir: &Path,
     skip_dirs: &[&Path],
-    gitignore: bool,
+    gitignore: Option<&IgnoreCache>,
     f: &mut dyn FnMut(&str, String),
 ) {
-    let skip: Vec<std::path::PathBuf> = skip_dirs.iter().map(|p| p.to_path_buf()).collect();
-    let mut wb = WalkBuilder::new(pkg_dir);
-    wb.standard_filters(false)
-        .hidden(false)
-        .git_ignore(gitignore)
-        .git_exclude(gitignore)
-        .parents(gitignore)
-        .require_git(false)
-        .ignore(false)
-        .follow_links(false)
-        .sort_by_file_name(|a, b| a.cmp(b))
-        .filter_entry(move |e| {
-            if e.depth() == 0 {
-                return true;
-            }
-            let name = e.file_name();
-            if name == "node_modules" || name == ".git" || name == ".baton" {
-                return false;
-            }
-            if e.file_type().is_some_and(|t| t.is_dir()) && skip.iter().any(|s| s == e.path()) {
-                return false;
-            }
-            true
-        });
-    for entry in wb.build().flatten() {
-        let Some(ft) = entry.file_type() else {
-            continue;
-        };
-        if ft.is_dir() {
+    let chain = gitignore
+        .map(|c| c.chain(root, pkg_dir))
+        .unwrap_or_default();
+    let prefix_pkg = String::new();
+    let prefix_root = rel_slash(root, pkg_dir);
+    walk_dir(
+        pkg_dir,
+        &prefix_pkg,
+        &prefix_root,
+        skip_dirs,
+        gitignore,
+        chain,
+        f,
+    );
+}
+
+fn walk_dir(
+    dir: &Path,
+    rel_pkg: &str,
+    rel_root: &str,
+    skip_dirs: &[&Path],
+    cache: Option<&IgnoreCache>,
+    chain: Vec<Arc<Gitignore>>,
+    f: &mut dyn FnMut(&str, String),
+) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut entries: Vec<(std::ffi::OsString, bool)> = rd
+        .filter_map(Result::ok)
+        .map(|e| {
+            let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            (e.file_name(), is_dir)
+        })
+        .collect();
+    entries.sort();
+    for (name, is_dir) in entries {
+        if name == "node_modules" || name == ".git" || name == ".baton" {
             continue;
         }
-        let path = entry.path();
-        let rel_pkg = rel_slash(pkg_dir, path);
-        let rel_root = rel_slash(root, path);
-        f(&rel_pkg, rel_root);
+        let path = dir.join(&name);
+        if cache.is_some() && ignored(&chain, &path, is_dir) {
+            continue;
+        }
+        let name = name.to_string_lossy();
+        let join = |base: &str| {
+            if base.is_empty() {
+                name.to_string()
+            } else {
+                format!("{base}/{name}")
+            }
+        };
+        let (child_pkg, child_root) = (join(rel_pkg), join(rel_root));
+        if is_dir {
+            if skip_dirs.iter().any(|s| *s == path) {
+                continue;
+            }
+            let mut sub = chain.clone();
+            if let Some(m) = cache.and_then(|c| c.matcher(&path)) {
+                sub.push(m);
+            }
+            walk_dir(&path, &child_pkg, &child_root, skip_dirs, cache, sub, f);
+        } else {
+            f(&child_pkg, child_root);
+        }
     }
 }
 
@@ -205,7 +312,7 @@ mod tests {
     fn auto_respects_gitignore_and_node_modules() {
         let d = setup();
         let sel = FileSelection::new(None, None).unwrap();
-        let got = sel.inputs(d.path(), &d.path().join("pkg"), &[]);
+        let got = sel.inputs(d.path(), &d.path().join("pkg"), &[], &IgnoreCache::new());
         assert_eq!(got, ["pkg/README.md", "pkg/src/a.ts", "pkg/src/b.test.ts"]);
     }
 
@@ -218,8 +325,29 @@ mod tests {
         ];
         let sel = FileSelection::new(Some(&input), Some(&["dist".into()])).unwrap();
         let pkg = d.path().join("pkg");
-        assert_eq!(sel.inputs(d.path(), &pkg, &[]), ["pkg/src/a.ts"]);
+        assert_eq!(
+            sel.inputs(d.path(), &pkg, &[], &IgnoreCache::new()),
+            ["pkg/src/a.ts"]
+        );
         assert_eq!(sel.outputs(d.path(), &pkg, &[]), ["pkg/dist/a.js"]);
+    }
+
+    #[test]
+    fn nested_gitignore_and_negation() {
+        let d = setup();
+        fs::write(d.path().join("pkg/.gitignore"), "*.md\n!keep.md\n").unwrap();
+        fs::write(d.path().join("pkg/keep.md"), "k").unwrap();
+        let sel = FileSelection::new(None, None).unwrap();
+        let got = sel.inputs(d.path(), &d.path().join("pkg"), &[], &IgnoreCache::new());
+        assert_eq!(
+            got,
+            [
+                "pkg/.gitignore",
+                "pkg/keep.md",
+                "pkg/src/a.ts",
+                "pkg/src/b.test.ts"
+            ]
+        );
     }
 
     #[test]
@@ -227,7 +355,7 @@ mod tests {
         let d = setup();
         let input = vec![InputEntry::Glob("!README.md".into())];
         let sel = FileSelection::new(Some(&input), None).unwrap();
-        let got = sel.inputs(d.path(), &d.path().join("pkg"), &[]);
+        let got = sel.inputs(d.path(), &d.path().join("pkg"), &[], &IgnoreCache::new());
         assert_eq!(got, ["pkg/src/a.ts", "pkg/src/b.test.ts"]);
     }
 }

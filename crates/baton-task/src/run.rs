@@ -28,7 +28,7 @@ use baton_exec::{CommandSpec, ProcessEvent, SpawnOptions, StdinMode, Stream};
 use tokio::sync::{Notify, mpsc};
 
 use crate::env::{EnvKeyPart, TaskEnv};
-use crate::inputs::FileSelection;
+use crate::inputs::{FileSelection, IgnoreCache};
 use crate::plan::{Plan, PlannedTask};
 use crate::workspace::{Workspace, rel_slash};
 
@@ -248,6 +248,8 @@ struct Shared {
     selections: Vec<FileSelection>,
     /// Nested package directories to skip when walking a package (for the root package).
     nested: Vec<Vec<PathBuf>>,
+    /// `.gitignore` matchers, shared by every task's input walk.
+    ignores: IgnoreCache,
     /// External cancellation (Ctrl-C).
     cancel: CancelHandle,
     /// Stops everything: set on cancellation and, under fail-fast, after the first failure.
@@ -298,15 +300,20 @@ pub async fn run_plan(
             })?;
         selections.push(sel);
     }
-    let nested = plan
+    // Packages nested inside a task's package (the root package usually) are not its files.
+    // In sorted order, the packages inside a directory follow it directly.
+    let mut dirs: Vec<&PathBuf> = ws.packages.iter().map(|p| &p.dir).collect();
+    dirs.sort();
+    let nested: Vec<Vec<PathBuf>> = plan
         .tasks
         .iter()
         .map(|t| {
             let dir = &ws.packages[t.package].dir;
-            ws.packages
+            let start = dirs.partition_point(|d| *d <= dir);
+            dirs[start..]
                 .iter()
-                .filter(|p| p.dir != *dir && p.dir.starts_with(dir))
-                .map(|p| p.dir.clone())
+                .take_while(|d| d.starts_with(dir))
+                .map(|d| (*d).clone())
                 .collect()
         })
         .collect();
@@ -331,6 +338,7 @@ pub async fn run_plan(
         reporter,
         selections,
         nested,
+        ignores: IgnoreCache::new(),
         cancel: cancel.clone(),
         stop: CancelHandle::new(),
     });
@@ -472,6 +480,7 @@ async fn run_task(
     let mut pre: Option<InputFingerprint> = None;
     let mut input_paths_list: Arc<Vec<String>> = Arc::new(Vec::new());
     let mut lookup_error: Option<String> = None;
+    let mut restores = Vec::new();
     if cacheable {
         let sh2 = sh.clone();
         let deps2 = dep_inputs.clone();
@@ -479,7 +488,7 @@ async fn run_task(
             .iter()
             .map(|p| (p.task_key.clone(), p.spawn.clone()))
             .collect();
-        let (paths, fp, res) = tokio::task::spawn_blocking(move || {
+        let looked = tokio::task::spawn_blocking(move || {
             let task = &sh2.plan.tasks[index];
             let paths = input_paths(&sh2, task, &deps2);
             let fp = fingerprint_inputs(&sh2, &paths, &deps2);
@@ -503,12 +512,32 @@ async fn run_task(
                     })
                     .collect()),
             };
-            (paths, fp.ok(), res)
+            // When every item hits, restore here too: one trip to the blocking pool per task.
+            let restores: Vec<Result<baton_cache::RestoreStats, baton_cache::CacheError>> =
+                match &res {
+                    Ok(l) if l.iter().all(|l| matches!(l, Lookup::Hit(_))) => {
+                        let mut out = Vec::with_capacity(l.len());
+                        for lookup in l {
+                            let Lookup::Hit(hit) = lookup else { break };
+                            let r = hit.restore_outputs(&sh2.ws.root);
+                            let failed = r.is_err();
+                            out.push(r);
+                            if failed {
+                                break;
+                            }
+                        }
+                        out
+                    }
+                    _ => Vec::new(),
+                };
+            (paths, fp.ok(), res, restores)
         })
         .await
         .expect("lookup does not panic");
+        let (paths, fp, res, r) = looked;
         input_paths_list = Arc::new(paths);
         pre = fp;
+        restores = r;
         match res {
             Ok(l) => lookups = l,
             Err(e) => lookup_error = Some(e),
@@ -529,15 +558,19 @@ async fn run_task(
                 .map(|i| result_stamp(&preps[i].spawn, fp))
                 .collect::<Vec<_>>()
         });
+        let mut restores = restores.into_iter();
         for (item, lookup) in lookups.drain(..).enumerate() {
             let Lookup::Hit(hit) = lookup else {
                 unreachable!("all_hit checked every lookup")
             };
-            if sh.stop.is_cancelled() {
-                return (TaskOutcome::failed(), results);
-            }
             let st = item_stamp.as_ref().map_or_else(fresh_stamp, |s| s[item]);
-            match replay(sh, task, item, &preps[item], hit, st).await {
+            let restored = restores.next().unwrap_or_else(|| {
+                Err(baton_cache::CacheError::Restore {
+                    path: String::new(),
+                    reason: "an earlier item failed to restore".into(),
+                })
+            });
+            match restored.map(|stats| replay(sh, task, item, &preps[item], hit, stats, st)) {
                 Ok(r) => {
                     stamp.update(&r.stamp.0);
                     outputs.extend(r.outputs);
@@ -564,7 +597,7 @@ async fn run_task(
         .position(|l| matches!(l, Lookup::Miss(_)))
         .map(|i| i + 1);
     let mut pre_item = pre;
-    for item in first_to_run..task.items.len() {
+    for (item, prep) in preps.iter().enumerate().skip(first_to_run) {
         if sh.stop.is_cancelled() {
             return (TaskOutcome::failed(), results);
         }
@@ -591,7 +624,7 @@ async fn run_task(
             sh,
             task,
             item,
-            &preps[item],
+            prep,
             status,
             pre_item.take(),
             &input_paths_list,
@@ -760,7 +793,7 @@ fn prepare(sh: &Shared, task: &PlannedTask, item: usize) -> Prepared {
 fn input_paths(sh: &Shared, task: &PlannedTask, deps: &DepInputs) -> Vec<String> {
     let pkg = &sh.ws.packages[task.package];
     let nested: Vec<&Path> = sh.nested[task.index].iter().map(PathBuf::as_path).collect();
-    let mut paths = sh.selections[task.index].inputs(&sh.ws.root, &pkg.dir, &nested);
+    let mut paths = sh.selections[task.index].inputs(&sh.ws.root, &pkg.dir, &nested, &sh.ignores);
     paths.extend(deps.files.iter().cloned());
     paths.sort();
     paths.dedup();
@@ -909,24 +942,17 @@ async fn run_item(
     )
 }
 
-/// Replays a hit: restores outputs, then shows the logs.
-async fn replay(
+/// Replays a hit whose outputs were restored: shows the status and the logs.
+fn replay(
     sh: &Arc<Shared>,
     task: &PlannedTask,
     item: usize,
     prep: &Prepared,
     hit: baton_cache::CachedRun,
+    stats: baton_cache::RestoreStats,
     stamp: Digest,
-) -> Result<ItemRun, baton_cache::CacheError> {
+) -> ItemRun {
     let started = Instant::now();
-    let root = sh.ws.root.clone();
-    let (hit, restored) = tokio::task::spawn_blocking(move || {
-        let r = hit.restore_outputs(&root);
-        (hit, r)
-    })
-    .await
-    .expect("restore does not panic");
-    let stats = restored?;
     sh.reporter.event(RunEvent::ItemStart {
         task: task.index,
         item,
@@ -955,7 +981,7 @@ async fn replay(
             bytes: chunk.bytes.clone(),
         });
     }
-    Ok(ItemRun {
+    ItemRun {
         result: ItemResult {
             task: task.index,
             task_id: task.id.clone(),
@@ -968,7 +994,7 @@ async fn replay(
         },
         outputs: hit.outputs().iter().map(|o| o.path.clone()).collect(),
         stamp,
-    })
+    }
 }
 
 /// Spawns the item, streams its output to the reporter, records it. Returns (exit code, logs).

@@ -405,7 +405,7 @@ fn ctrl_c_stops_everything_and_leaves_no_process() {
             r#"{ "name": "later", "dependencies": { "slow": "*" }, "scripts": { "build": "echo never" } }"#,
         ),
     ]);
-    let mut child = f
+    let child = f
         .command("", &["run", "build", "-r"], &[])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

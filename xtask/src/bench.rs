@@ -269,10 +269,10 @@ struct Ws {
     leaf_original: String,
 }
 
-/// Generates the workspace of `n` packages under `<work>/ws-<n>`, runs `pnpm install` and
-/// `git init` + commit there.
-fn prepare_workspace(work: &Path, tools: &Tools, n: usize) -> Result<Ws> {
-    let root = work.join(format!("ws-{n}"));
+/// Generates the workspace of `n` packages for `tool` under `<work>/ws-<n>-<tool>`, runs
+/// `pnpm install` and `git init` + commit there.
+fn prepare_workspace(work: &Path, tools: &Tools, n: usize, tool: Tool) -> Result<Ws> {
+    let root = work.join(format!("ws-{n}-{}", tool.name()));
     if root.exists() {
         fs::remove_dir_all(&root).with_context(|| format!("removing {}", root.display()))?;
     }
@@ -506,107 +506,75 @@ fn verify(
     Ok(())
 }
 
-/// Measures every scenario for one tool on one workspace.
-fn measure_tool(
+/// Runs the tool (or the hand scheduler) once on `ws`; for the hand tool, `leaf_only` runs just
+/// the leaf's build.
+fn run_once(
     ws: &Ws,
     tools: &Tools,
     tool: Tool,
     opts: &Options,
-    edit_counter: &mut u64,
-) -> Result<Vec<Cell>> {
-    let argv = tool_argv(tool, opts);
-    let mut cells = Vec::new();
-    // Warm-up, untimed: the first run of a tool may do one-time work (vp fetches the
-    // `packageManager` pnpm into ~/.local/share/vite-plus) and warms the page cache.
+    leaf_only: bool,
+    what: &str,
+) -> Result<(Duration, String)> {
+    match tool_argv(tool, opts) {
+        Some(argv) => {
+            let f = run_tool(ws, tools, &argv, &format!("{} ({what})", tool.name()))?;
+            Ok((f.elapsed, f.text()))
+        }
+        None if leaf_only => {
+            let mut cmd = command("node");
+            cmd.arg("build.js")
+                .current_dir(ws.root.join(&ws.graph.packages[ws.graph.leaf()].dir));
+            bench_env(&mut cmd, &tools.bin);
+            let f = proc::run(&mut cmd, "node build.js (leaf)")?;
+            Ok((f.elapsed, f.text()))
+        }
+        None => Ok((run_by_hand(ws, tools, opts.concurrency)?, String::new())),
+    }
+}
+
+/// Untimed first run of a tool on its workspace: the first run may do one-time work (vp fetches
+/// the `packageManager` pnpm into ~/.local/share/vite-plus) and warms the page cache.
+fn warm_up(ws: &Ws, tools: &Tools, tool: Tool, opts: &Options) -> Result<()> {
     ws.remove_caches(tool)?;
     ws.remove_dists()?;
-    match &argv {
-        Some(argv) => drop(run_tool(
-            ws,
-            tools,
-            argv,
-            &format!("{} (warm-up)", tool.name()),
-        )?),
-        None => drop(run_by_hand(ws, tools, opts.concurrency)?),
-    }
-    // Cold.
-    let mut times = Vec::new();
-    for rep in 0..opts.cold_runs {
-        // Stamps taken before deleting `dist/`: a build restored from a cache that survived the
-        // clean-up would bring back an old stamp and be caught.
-        let before = ws.stamps();
-        ws.remove_caches(tool)?;
-        ws.remove_dists()?;
-        let (elapsed, output) = match &argv {
-            Some(argv) => {
-                let f = run_tool(ws, tools, argv, &format!("{} (cold)", tool.name()))?;
-                (f.elapsed, f.text())
-            }
-            None => (run_by_hand(ws, tools, opts.concurrency)?, String::new()),
-        };
-        verify(ws, tool, Scenario::Cold, &before, &output)?;
-        eprintln!(
-            "bench:   {:<5} cold #{rep}: {} ms",
-            tool.name(),
-            ms(elapsed)
-        );
-        times.push(elapsed);
-    }
-    cells.push(Cell::Measured(times));
-    // Full cache hit.
-    match &argv {
-        Some(argv) => {
-            let mut times = Vec::new();
-            for rep in 0..opts.runs {
-                let before = ws.stamps();
-                let f = run_tool(ws, tools, argv, &format!("{} (cache hit)", tool.name()))?;
-                verify(ws, tool, Scenario::Hit, &before, &f.text())?;
-                eprintln!(
-                    "bench:   {:<5} hit  #{rep}: {} ms",
-                    tool.name(),
-                    ms(f.elapsed)
-                );
-                times.push(f.elapsed);
-            }
-            cells.push(Cell::Measured(times));
+    run_once(ws, tools, tool, opts, false, "warm-up").map(drop)
+}
+
+/// One timed, verified repetition of `scenario`. `edit` numbers the leaf edit so that every
+/// leaf-changed repetition writes content no cache has seen.
+fn measure_once(
+    ws: &Ws,
+    tools: &Tools,
+    tool: Tool,
+    scenario: Scenario,
+    opts: &Options,
+    edit: u64,
+) -> Result<Duration> {
+    // Stamps are taken before deleting `dist/`: a build restored from a cache that survived the
+    // clean-up would bring back an old stamp and be caught.
+    let before = ws.stamps();
+    match scenario {
+        Scenario::Cold => {
+            ws.remove_caches(tool)?;
+            ws.remove_dists()?;
         }
-        None => cells.push(Cell::NotApplicable),
+        Scenario::Hit => {}
+        Scenario::Leaf => fs::write(
+            ws.leaf_path(),
+            format!("{}// bench edit {edit}\n", ws.leaf_original),
+        )?,
     }
-    // One leaf changed: a fresh edit each repetition, so each one is a miss for the leaf only.
-    let mut times = Vec::new();
-    let leaf_path = ws.leaf_path();
-    for rep in 0..opts.runs {
-        *edit_counter += 1;
-        fs::write(
-            &leaf_path,
-            format!("{}// bench edit {}\n", ws.leaf_original, *edit_counter),
-        )?;
-        let before = ws.stamps();
-        let (elapsed, output) = match &argv {
-            Some(argv) => {
-                let f = run_tool(ws, tools, argv, &format!("{} (leaf changed)", tool.name()))?;
-                (f.elapsed, f.text())
-            }
-            None => {
-                let mut cmd = command("node");
-                cmd.arg("build.js")
-                    .current_dir(ws.root.join(&ws.graph.packages[ws.graph.leaf()].dir));
-                bench_env(&mut cmd, &tools.bin);
-                let f = proc::run(&mut cmd, "node build.js (leaf)")?;
-                (f.elapsed, f.text())
-            }
-        };
-        verify(ws, tool, Scenario::Leaf, &before, &output)?;
-        eprintln!(
-            "bench:   {:<5} leaf #{rep}: {} ms",
-            tool.name(),
-            ms(elapsed)
-        );
-        times.push(elapsed);
-    }
-    fs::write(&leaf_path, &ws.leaf_original)?;
-    cells.push(Cell::Measured(times));
-    Ok(cells)
+    let (elapsed, output) = run_once(
+        ws,
+        tools,
+        tool,
+        opts,
+        scenario == Scenario::Leaf,
+        scenario.label(),
+    )?;
+    verify(ws, tool, scenario, &before, &output)?;
+    Ok(elapsed)
 }
 
 /// Whether the Baton binary exists and answers `baton run --help`; `Err(reason)` otherwise.
@@ -627,6 +595,13 @@ fn baton_available(opts: &Options, tools: &Tools) -> Result<(), String> {
 
 fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or_default().to_owned()
+}
+
+/// The 1/5/15-minute load averages: the machine may be shared (other builds running).
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
 }
 
 fn machine_info(tools: &Tools) -> Vec<(String, String)> {
@@ -665,6 +640,7 @@ fn machine_info(tools: &Tools) -> Vec<(String, String)> {
             format!("Linux {}", read("/proc/sys/kernel/osrelease").trim()),
         ),
         ("node".into(), node_version),
+        ("load average at the start".into(), load_average()),
     ]
 }
 
@@ -673,7 +649,11 @@ fn machine_info(tools: &Tools) -> Vec<(String, String)> {
 /// # Errors
 /// When a tool cannot be installed, a workspace cannot be prepared, or a tool fails or does not
 /// hit/miss as expected (Baton auto-included is recorded as pending instead).
-pub fn run(opts: Options) -> Result<()> {
+pub fn run(mut opts: Options) -> Result<()> {
+    // Tools run from the workspace root: a relative `--baton` must not depend on it.
+    if let Ok(abs) = opts.baton.canonicalize() {
+        opts.baton = abs;
+    }
     ensure!(
         opts.runs > 0 && opts.cold_runs > 0,
         "--runs and --cold-runs must be positive"
@@ -729,39 +709,105 @@ pub fn run(opts: Options) -> Result<()> {
         versions.insert(0, ("baton".into(), format!("{v} (repo at {commit})")));
     }
 
+    let mut machine = machine_info(&tools);
     let mut results = Vec::new();
-    let mut edit_counter = 0;
+    let mut edit = 0;
+    let mut baton_failed: Option<String> = None;
     for &n in &opts.sizes {
-        eprintln!("bench: generating and installing a workspace of {n} packages");
-        let ws = prepare_workspace(&work, &tools, n)?;
-        let mut cells: Vec<Vec<Cell>> = Tool::ALL
-            .iter()
-            .map(|t| {
-                let why = if *t == Tool::Baton {
-                    baton_pending.clone().unwrap_or_default()
-                } else {
-                    "not selected".into()
-                };
-                vec![Cell::Pending(why); Scenario::ALL.len()]
-            })
-            .collect();
+        // One copy of the workspace per tool: tools restore `dist/` from their own caches, so
+        // sharing one tree would mix their outputs; separate trees let the repetitions of all
+        // tools interleave, spreading the noise of a shared machine evenly.
+        let mut active: Vec<(Tool, Ws)> = Vec::new();
         for &tool in &selected {
-            eprintln!("bench: {n} packages, {}", tool.name());
-            match measure_tool(&ws, &tools, tool, &opts, &mut edit_counter) {
-                Ok(c) => cells[tool as usize] = c,
+            if tool == Tool::Baton && baton_failed.is_some() {
+                continue;
+            }
+            eprintln!(
+                "bench: {n} packages: preparing the {} workspace",
+                tool.name()
+            );
+            let ws = prepare_workspace(&work, &tools, n, tool)?;
+            eprintln!("bench: {n} packages: {} warm-up", tool.name());
+            match warm_up(&ws, &tools, tool, &opts) {
+                Ok(()) => active.push((tool, ws)),
                 Err(e) if tool == Tool::Baton && !baton_explicit => {
                     eprintln!("bench: baton failed, recorded as pending: {e:#}");
-                    let reason = format!("failed: {}", first_line(&format!("{e:#}")));
-                    cells[tool as usize] = vec![Cell::Pending(reason.clone()); 3];
-                    baton_pending = Some(reason);
-                    fs::write(ws.leaf_path(), &ws.leaf_original)?;
+                    baton_failed = Some(format!("failed: {}", first_line(&format!("{e:#}"))));
                 }
                 Err(e) => return Err(e),
             }
         }
+        let mut cells: Vec<Vec<Cell>> = Tool::ALL
+            .iter()
+            .map(|t| {
+                let why = match (t, &baton_failed, &baton_pending) {
+                    (Tool::Baton, Some(why), _) | (Tool::Baton, None, Some(why)) => why.clone(),
+                    _ => "not selected".into(),
+                };
+                vec![Cell::Pending(why); Scenario::ALL.len()]
+            })
+            .collect();
+        for (tool, _) in &active {
+            cells[*tool as usize] = Scenario::ALL
+                .iter()
+                .map(|sc| {
+                    if *tool == Tool::Hand && *sc == Scenario::Hit {
+                        Cell::NotApplicable
+                    } else {
+                        Cell::Measured(Vec::new())
+                    }
+                })
+                .collect();
+        }
+        for scenario in Scenario::ALL {
+            let reps = match scenario {
+                Scenario::Cold => opts.cold_runs,
+                Scenario::Hit | Scenario::Leaf => opts.runs,
+            };
+            for rep in 0..reps {
+                // Rotate the order so no tool always runs first (or right after another).
+                let order: Vec<usize> = (0..active.len())
+                    .map(|i| (i + rep) % active.len().max(1))
+                    .collect();
+                let mut dropped = Vec::new();
+                for i in order {
+                    let (tool, ws) = &active[i];
+                    let Cell::Measured(times) = &mut cells[*tool as usize][scenario as usize]
+                    else {
+                        continue;
+                    };
+                    edit += 1;
+                    match measure_once(ws, &tools, *tool, scenario, &opts, edit) {
+                        Ok(elapsed) => {
+                            eprintln!(
+                                "bench: {n:>4} {:<5} {:<16} #{rep}: {} ms",
+                                tool.name(),
+                                scenario.label(),
+                                ms(elapsed)
+                            );
+                            times.push(elapsed);
+                        }
+                        Err(e) if *tool == Tool::Baton && !baton_explicit => {
+                            eprintln!("bench: baton failed, recorded as pending: {e:#}");
+                            let why = format!("failed: {}", first_line(&format!("{e:#}")));
+                            cells[*tool as usize] = vec![Cell::Pending(why.clone()); 3];
+                            baton_failed = Some(why);
+                            dropped.push(i);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                for i in dropped.into_iter().rev() {
+                    active.remove(i);
+                }
+            }
+        }
+        for (_, ws) in &active {
+            fs::write(ws.leaf_path(), &ws.leaf_original)?;
+        }
         results.push(SizeResult {
             packages: n,
-            layers: ws.graph.layers(),
+            layers: Graph::layered(n, LAYER_WIDTH)?.layers(),
             cells,
         });
     }
@@ -785,7 +831,10 @@ pub fn run(opts: Options) -> Result<()> {
         })
         .collect();
     let info = RunInfo {
-        machine: machine_info(&tools),
+        machine: {
+            machine.push(("load average at the end".into(), load_average()));
+            machine
+        },
         versions,
         commands,
         options: opts.clone(),

@@ -33,7 +33,10 @@ pub fn render(info: &RunInfo, results: &[SizeResult]) -> String {
          three files of `src/` and the `dist/index.js` of its dependencies and writes \
          `dist/index.js` and `dist/stamp.txt` (a nonce, which is how the bench checks after every \
          run that exactly the expected builds executed and the rest were cache hits). Every tool \
-         gets the same configuration: `build` depends on `^build`, output `dist/**`, cached.\n"
+         gets the same configuration: `build` depends on `^build`, output `dist/**`, cached. \
+         Each tool runs in its own copy of the workspace, after one untimed warm-up build; the \
+         repetitions of all tools are interleaved (round-robin, rotating which goes first), so \
+         load from other processes on the machine spreads evenly over the columns.\n"
     );
     let _ = writeln!(
         s,

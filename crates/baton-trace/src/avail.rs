@@ -49,7 +49,7 @@ pub enum Unavailable {
     },
 }
 
-/// Reports whether a [`Tracer`](crate::Tracer) can be created here, with a reason if not.
+/// Reports whether tracing ([`start`](crate::start)) can work here, with a reason if not.
 ///
 /// Checks, in order: [`DISABLE_ENV`] (read on every call), the platform, the kernel version, and
 /// then (once per process, cached) a probe: a forked child sets `no_new_privs` and installs an

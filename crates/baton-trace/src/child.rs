@@ -2,36 +2,61 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use libc::{c_int, c_void, sock_filter, sock_fprog};
 
-/// The part of a [`Tracer`](crate::Tracer) that runs in the child process.
+/// Size of the shared flag mapping (one page on every supported platform; mmap rounds up).
+const PAGE: usize = 4096;
+
+/// The part of a trace (see [`start`](crate::start)) that runs in the child process.
 ///
 /// It holds the BPF program and one end of a `socketpair(AF_UNIX, SOCK_SEQPACKET)` whose other end
 /// belongs to the [`Supervisor`](crate::Supervisor); everything is allocated when the tracer is
 /// created, so [`ChildHook::install`] allocates nothing and only makes raw system calls. It is
 /// `Send + Sync + 'static` so it can be moved into a `pre_exec` closure.
 ///
-/// One hook traces one child (and all its descendants); spawning a second child with the same hook
-/// hands the supervisor a second listener, which it closes — that child's traced calls then fail
-/// with `ENOSYS`.
+/// One hook traces one child (and all its descendants): a flag in a shared anonymous mapping
+/// records that it ran, so running it in a second child (a `Command` spawned twice) fails that
+/// spawn with `EALREADY` instead of starting an untraced process.
 #[derive(Debug)]
 pub struct ChildHook {
     program: Box<[sock_filter]>,
     sock: OwnedFd,
+    /// A `MAP_SHARED | MAP_ANONYMOUS` page holding one `AtomicU32`; shared with every forked child.
+    used: NonNull<AtomicU32>,
 }
 
-// SAFETY: `sock_filter` is plain data (no pointers); the hook is only read.
+// SAFETY: `sock_filter` is plain data; `used` points at a mapping owned by the hook and is only
+// accessed atomically.
 unsafe impl Send for ChildHook {}
-// SAFETY: as above; `install` takes `&self` and mutates nothing.
+// SAFETY: as above; `install` takes `&self` and only touches `used` atomically.
 unsafe impl Sync for ChildHook {}
 
 impl ChildHook {
-    pub(crate) fn new(program: Vec<sock_filter>, sock: OwnedFd) -> ChildHook {
-        ChildHook {
+    pub(crate) fn new(program: Vec<sock_filter>, sock: OwnedFd) -> io::Result<ChildHook> {
+        // SAFETY: a fresh anonymous shared mapping; the kernel zero-fills it (flag 0 = unused).
+        let page = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if page == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let used = NonNull::new(page.cast::<AtomicU32>())
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
+        Ok(ChildHook {
             program: program.into_boxed_slice(),
             sock,
-        }
+            used,
+        })
     }
 
     /// Installs the tracing filter on the calling process and sends the notification listener to the
@@ -46,13 +71,19 @@ impl ChildHook {
     /// # Errors
     /// The OS error of the failing step: `EBUSY` from `seccomp` when an ancestor already holds a
     /// notification listener, `EPERM`/`EACCES`/`ENOSYS`/`EINVAL` when seccomp is denied or missing,
-    /// `EPIPE`/`ECONNREFUSED` from `sendmsg` when the supervisor is gone.
+    /// `EPIPE`/`ECONNREFUSED` from `sendmsg` when the supervisor is gone, `EALREADY` when the hook
+    /// already ran in another child.
     ///
     /// # Safety
     /// Only call this in a freshly forked child that is about to `exec`. Called in the process that
     /// owns the [`Supervisor`](crate::Supervisor), it would make that process trace itself and
     /// deadlock as soon as the supervisor thread makes a traced call.
     pub unsafe fn install(&self) -> io::Result<()> {
+        // SAFETY: `used` points into the live shared mapping (unmapped only when the hook drops).
+        let used = unsafe { self.used.as_ref() };
+        if used.swap(1, Ordering::SeqCst) != 0 {
+            return Err(io::Error::from_raw_os_error(libc::EALREADY));
+        }
         // SAFETY: plain prctl with integer arguments.
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
             return Err(io::Error::last_os_error());
@@ -78,6 +109,13 @@ impl ChildHook {
         // SAFETY: `listener` is the fd the kernel just returned to us; the supervisor has its own copy.
         unsafe { libc::close(listener) };
         sent
+    }
+}
+
+impl Drop for ChildHook {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was created in `new` with this size and is not used after drop.
+        unsafe { libc::munmap(self.used.as_ptr().cast::<c_void>(), PAGE) };
     }
 }
 

@@ -94,10 +94,11 @@ pub enum TraceError {
     /// Tracing cannot be used here; run the command untraced (and uncached) instead.
     #[error(transparent)]
     Unavailable(#[from] Unavailable),
-    /// Creating the socket pair, the stop pipe or the supervisor thread failed.
+    /// Creating the socket pair, the hook's shared flag page, the stop pipe or the supervisor thread
+    /// failed.
     #[error("cannot set up file-access tracing: {step} failed")]
     Setup {
-        /// Which step failed (`socketpair`, `pipe`, `spawn supervisor thread`).
+        /// Which step failed (`socketpair`, `mmap`, `pipe`, `spawn supervisor thread`).
         step: &'static str,
         /// The OS error.
         #[source]
@@ -146,11 +147,13 @@ pub fn start() -> Result<(ChildHook, Supervisor), TraceError> {
     // SAFETY: both fds were just created and are owned by nobody else.
     let (parent_end, child_end) =
         unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let hook =
+        ChildHook::new(filter::build_program(), child_end).map_err(|source| TraceError::Setup {
+            step: "mmap",
+            source,
+        })?;
     let supervisor = Supervisor::spawn(parent_end)?;
-    Ok((
-        ChildHook::new(filter::build_program(), child_end),
-        supervisor,
-    ))
+    Ok((hook, supervisor))
 }
 
 #[cfg(all(

@@ -398,3 +398,19 @@ fn disable_switch_reports_disabled() {
     let output = cmd.output().expect("spawn probe");
     assert!(String::from_utf8_lossy(&output.stdout).contains("AVAILABILITY=ok"));
 }
+
+#[test]
+fn a_hook_traces_only_one_child() {
+    let (_guard, dir) = workdir();
+    let mut cmd = sh(&dir, "true");
+    let (hook, supervisor) = baton_trace::start().expect("tracing available");
+    // SAFETY: the hook only makes async-signal-safe system calls in the forked child.
+    unsafe { cmd.pre_exec(hook.into_pre_exec()) };
+    assert!(cmd.status().expect("first spawn").success());
+    let second = cmd
+        .status()
+        .expect_err("a second child must not run with the same hook");
+    assert_eq!(second.raw_os_error(), Some(libc::EALREADY), "{second}");
+    drop(cmd);
+    assert!(exec_of(&supervisor.finish().expect("finish"), "sh"));
+}

@@ -220,6 +220,9 @@ fn ms(d: Duration) -> f64 {
 
 /// Prints run events to the terminal in the chosen log mode.
 struct Printer {
+    /// Draw a progress line on stderr (a terminal).
+    progress: bool,
+    total: usize,
     mode: LogMode,
     verbose: bool,
     style: Style,
@@ -236,16 +239,33 @@ struct PrinterState {
     failures: Vec<(String, i32)>,
     /// Items killed by fail-fast or Ctrl-C.
     stopped: usize,
+    /// Progress: tasks running now, and tasks finished.
+    running: std::collections::BTreeSet<usize>,
+    finished: usize,
+    /// Whether the progress line is on screen.
+    progress_shown: bool,
+    /// Whether the last byte written was a newline (the progress line may be drawn).
+    at_line_start: bool,
+    /// Number of items per task, from their first start.
+    items: HashMap<usize, usize>,
 }
 
 impl Printer {
     fn new(mode: LogMode, verbose: bool, style: Style, ids: Vec<String>) -> Self {
+        use std::io::IsTerminal;
         Printer {
+            progress: std::io::stderr().is_terminal()
+                && std::env::var_os("TERM").is_none_or(|t| t != "dumb")
+                && ids.len() > 1,
+            total: ids.len(),
             mode,
             verbose,
             style,
             ids,
-            state: Mutex::new(PrinterState::default()),
+            state: Mutex::new(PrinterState {
+                at_line_start: true,
+                ..PrinterState::default()
+            }),
         }
     }
 
@@ -278,7 +298,11 @@ impl Printer {
         )
     }
 
-    fn write_out(&self, stream: OutStream, bytes: &[u8]) {
+    fn write_out(&self, st: &mut PrinterState, stream: OutStream, bytes: &[u8]) {
+        self.erase_progress(st);
+        if let Some(&last) = bytes.last() {
+            st.at_line_start = last == b'\n';
+        }
         match stream {
             OutStream::Stdout => {
                 let mut o = std::io::stdout().lock();
@@ -317,13 +341,49 @@ impl Printer {
             out.push(b'\n');
         }
         if !out.is_empty() {
-            self.write_out(stream, &out);
+            self.write_out(st, stream, &out);
         }
+    }
+
+    fn erase_progress(&self, st: &mut PrinterState) {
+        if st.progress_shown {
+            let mut e = std::io::stderr().lock();
+            let _ = e.write_all(b"\r\x1b[2K");
+            let _ = e.flush();
+            st.progress_shown = false;
+        }
+    }
+
+    /// Draws `[done/total] running: a#build, b#build` on the last line of the terminal.
+    fn draw_progress(&self, st: &mut PrinterState) {
+        if !self.progress || !st.at_line_start || st.running.is_empty() {
+            return;
+        }
+        let width = std::env::var("COLUMNS")
+            .ok()
+            .and_then(|c| c.parse::<usize>().ok())
+            .unwrap_or(80)
+            .max(20);
+        let names: Vec<&str> = st.running.iter().map(|&t| self.ids[t].as_str()).collect();
+        let mut line = format!(
+            "[{}/{}] running: {}",
+            st.finished,
+            self.total,
+            names.join(", ")
+        );
+        if line.chars().count() > width - 1 {
+            line = line.chars().take(width - 2).collect::<String>() + "…";
+        }
+        let mut e = std::io::stderr().lock();
+        let _ = e.write_all(format!("\r\x1b[2K{}", self.style.dim(&line)).as_bytes());
+        let _ = e.flush();
+        st.progress_shown = true;
     }
 
     fn finish(&self, summary: &RunSummary, total: usize) {
         let s = &self.style;
-        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.erase_progress(&mut st);
         let items = summary.items.len();
         let hits = summary
             .items
@@ -365,9 +425,8 @@ impl Printer {
     }
 }
 
-impl Reporter for Printer {
-    fn event(&self, event: RunEvent) {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+impl Printer {
+    fn handle(&self, st: &mut PrinterState, event: RunEvent) {
         match event {
             RunEvent::ItemStart {
                 task,
@@ -376,6 +435,8 @@ impl Reporter for Printer {
                 command,
                 status,
             } => {
+                st.running.insert(task);
+                st.items.insert(task, items);
                 let h = self.header(task, item, items, &command, &status);
                 if self.mode == LogMode::Grouped {
                     st.grouped
@@ -383,7 +444,7 @@ impl Reporter for Printer {
                         .or_default()
                         .push((OutStream::Stdout, h.into_bytes()));
                 } else {
-                    self.write_out(OutStream::Stdout, h.as_bytes());
+                    self.write_out(st, OutStream::Stdout, h.as_bytes());
                 }
             }
             RunEvent::Output {
@@ -392,8 +453,8 @@ impl Reporter for Printer {
                 stream,
                 bytes,
             } => match self.mode {
-                LogMode::Interleaved => self.write_out(stream, &bytes),
-                LogMode::Labeled => self.labeled(&mut st, task, item, stream, &bytes, false),
+                LogMode::Interleaved => self.write_out(st, stream, &bytes),
+                LogMode::Labeled => self.labeled(st, task, item, stream, &bytes, false),
                 LogMode::Grouped => st.grouped.entry(task).or_default().push((stream, bytes)),
             },
             RunEvent::Note {
@@ -413,7 +474,7 @@ impl Reporter for Printer {
                             .or_default()
                             .push((OutStream::Stderr, line.into_bytes()));
                     } else {
-                        self.write_out(OutStream::Stderr, line.as_bytes());
+                        self.write_out(st, OutStream::Stderr, line.as_bytes());
                     }
                 }
             }
@@ -424,9 +485,13 @@ impl Reporter for Printer {
                     interrupted,
                     ..
                 } = result;
+                if exit_code != 0 || st.items.get(&task).is_none_or(|&n| item + 1 >= n) {
+                    st.running.remove(&task);
+                    st.finished += 1;
+                }
                 if self.mode == LogMode::Labeled {
                     for stream in [OutStream::Stdout, OutStream::Stderr] {
-                        self.labeled(&mut st, task, item, stream, &[], true);
+                        self.labeled(st, task, item, stream, &[], true);
                     }
                 }
                 if exit_code != 0 {
@@ -452,12 +517,12 @@ impl Reporter for Printer {
                             .or_default()
                             .push((OutStream::Stderr, line.into_bytes()));
                     } else {
-                        self.write_out(OutStream::Stderr, line.as_bytes());
+                        self.write_out(st, OutStream::Stderr, line.as_bytes());
                     }
                 }
                 if self.mode == LogMode::Grouped {
                     for (stream, bytes) in st.grouped.remove(&task).unwrap_or_default() {
-                        self.write_out(stream, &bytes);
+                        self.write_out(st, stream, &bytes);
                     }
                 }
             }
@@ -467,9 +532,17 @@ impl Reporter for Printer {
                         "{}\n",
                         self.style.dim(&format!("- {} not run", self.ids[task]))
                     );
-                    self.write_out(OutStream::Stderr, line.as_bytes());
+                    self.write_out(st, OutStream::Stderr, line.as_bytes());
                 }
             }
         }
+    }
+}
+
+impl Reporter for Printer {
+    fn event(&self, event: RunEvent) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.handle(&mut st, event);
+        self.draw_progress(&mut st);
     }
 }

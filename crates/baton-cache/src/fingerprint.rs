@@ -595,18 +595,25 @@ pub struct FingerprintError {
 ///
 /// Errors: any I/O error opening or reading the file.
 pub fn hash_file(path: &Path) -> io::Result<Digest> {
+    thread_local! {
+        // Reused read buffer: zeroing 64 KiB per file would cost more than hashing a small one.
+        static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 64 * 1024]);
+    }
     let mut file = std::fs::File::open(path)?;
     let mut hasher = blake3::Hasher::new();
-    let mut buf = [0u8; 64 * 1024];
-    loop {
-        let n = match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-    }
+    BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        loop {
+            let n = match file.read(&mut buf[..]) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            hasher.update(&buf[..n]);
+        }
+        Ok(())
+    })?;
     Ok(hasher.finalize().into())
 }
 

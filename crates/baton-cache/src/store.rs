@@ -99,7 +99,7 @@ pub struct CurrentInputs<'a> {
 pub enum Probe<'a> {
     /// Such paths count as absent (use when `known` is the complete current fingerprint).
     Absent,
-    /// Fingerprint them under this workspace root with [`fingerprint_paths`].
+    /// Fingerprint them under this workspace root with [`CacheStore::fingerprint_paths`].
     Root(&'a Path),
     /// Ask the caller: given paths, return their states (e.g. with its own ignore rules).
     With(&'a (dyn Fn(&[&str]) -> Result<InputFingerprint, FingerprintError> + Sync)),
@@ -646,7 +646,7 @@ impl CacheStore {
                     return Ok(Lookup::Miss(MissReason::Corrupt(corrupt_detail(&err))));
                 }
             };
-            match check_candidate(&stored, current, &mut probed) {
+            match check_candidate(self, &stored, current, &mut probed) {
                 Ok(()) => return self.hit(row),
                 Err(reason) => {
                     if matches!(reason, MissReason::Unreadable { .. }) {
@@ -1206,6 +1206,7 @@ fn remove_contents(dir: &Path) -> io::Result<()> {
 
 /// Checks one candidate's stored inputs against the current state.
 fn check_candidate(
+    store: &CacheStore,
     stored: &InputFingerprint,
     current: &CurrentInputs<'_>,
     probed: &mut BTreeMap<String, PathState>,
@@ -1235,7 +1236,7 @@ fn check_candidate(
                 .iter()
                 .map(|p| ((*p).to_owned(), PathState::Absent))
                 .collect()),
-            Probe::Root(root) => fingerprint_paths(root, &unknown),
+            Probe::Root(root) => store.fingerprint_paths(root, &unknown),
             Probe::With(f) => f(&unknown),
         };
         match result {

@@ -14,10 +14,13 @@ use std::path::{Path, PathBuf};
 /// the caller checks what is on disk after the run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum AccessKind {
-    /// Opened for reading (`open`/`openat`/`openat2` with `O_RDONLY`, or `O_RDWR` without `O_TRUNC`).
+    /// Opened for reading (`open`/`openat`/`openat2` with `O_RDONLY`, or `O_RDWR` without `O_TRUNC`
+    /// and not an exclusive create). May name a directory when a program opens one without
+    /// `O_DIRECTORY`.
     Read,
     /// Opened for writing (`O_WRONLY`, `O_RDWR`, `O_CREAT`, `O_TRUNC`, `creat`), `truncate`, or the new
-    /// name of `link`/`linkat`/`symlink`/`symlinkat`.
+    /// name of `link`/`linkat`/`symlink`/`symlinkat`. `O_RDWR` without `O_TRUNC` records both
+    /// [`AccessKind::Read`] and this (old content may have been read), except for `O_CREAT|O_EXCL`.
     Write,
     /// Metadata or existence probe: the `stat` family, `statx`, `access`/`faccessat(2)`, an `O_PATH`
     /// open, or a read-only `O_DIRECTORY` open (the directory's entries are [`AccessKind::List`]).

@@ -349,6 +349,29 @@ impl Notifier {
     }
 }
 
+/// What an `open`-style call with these flags does to its path.
+fn open_kinds(flags: c_int) -> &'static [AccessKind] {
+    let acc = flags & libc::O_ACCMODE;
+    let creat = flags & libc::O_CREAT != 0;
+    if flags & libc::O_TMPFILE == libc::O_TMPFILE {
+        // An unnamed file in that directory; it gets a name (and a write) with linkat.
+        &[AccessKind::Stat]
+    } else if flags & libc::O_PATH != 0 {
+        &[AccessKind::Stat]
+    } else if flags & libc::O_TRUNC != 0 || (creat && flags & libc::O_EXCL != 0) {
+        // Old content is gone (truncated) or there was none (exclusive create, e.g. mkstemp).
+        &[AccessKind::Write]
+    } else if acc == libc::O_RDWR {
+        &[AccessKind::Read, AccessKind::Write]
+    } else if acc == libc::O_WRONLY || creat {
+        &[AccessKind::Write]
+    } else if flags & libc::O_DIRECTORY != 0 {
+        &[AccessKind::Stat]
+    } else {
+        &[AccessKind::Read]
+    }
+}
+
 /// `AT_FDCWD` as it arrives in a 64-bit argument register (the low 32 bits are the `int`).
 fn dirfd_arg(arg: u64) -> c_int {
     arg as u32 as c_int
@@ -436,26 +459,7 @@ impl Notifier {
 
     /// Records an `open`-style call by its flags.
     fn open(&mut self, pid: u32, dirfd: u64, path: u64, flags: u64) {
-        let flags = flags as u32 as c_int;
-        let acc = flags & libc::O_ACCMODE;
-        let kinds: &[AccessKind] = if flags & libc::O_TMPFILE == libc::O_TMPFILE {
-            // An unnamed file in that directory; it gets a name (and a write) with linkat.
-            &[AccessKind::Stat]
-        } else if flags & libc::O_PATH != 0 {
-            &[AccessKind::Stat]
-        } else if acc == libc::O_WRONLY || flags & (libc::O_CREAT | libc::O_TRUNC) != 0 {
-            if acc == libc::O_RDWR && flags & libc::O_TRUNC == 0 {
-                &[AccessKind::Read, AccessKind::Write]
-            } else {
-                &[AccessKind::Write]
-            }
-        } else if acc == libc::O_RDWR {
-            &[AccessKind::Read, AccessKind::Write]
-        } else if flags & libc::O_DIRECTORY != 0 {
-            &[AccessKind::Stat]
-        } else {
-            &[AccessKind::Read]
-        };
+        let kinds = open_kinds(flags as u32 as c_int);
         let before = self.events.len();
         self.path(pid, dirfd, path, 0, kinds[0]);
         if self.events.len() > before
@@ -620,4 +624,31 @@ fn proc_link(pid: u32, name: &str) -> Option<PathBuf> {
     let target = std::fs::read_link(format!("/proc/{pid}/{name}")).ok()?;
     let bytes = OsString::from(target).into_vec();
     (bytes.first() == Some(&b'/')).then(|| PathBuf::from(OsString::from_vec(bytes)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use AccessKind::{Read, Stat, Write};
+
+    #[test]
+    fn open_flags_classify() {
+        let cases: &[(c_int, &[AccessKind])] = &[
+            (libc::O_RDONLY, &[Read]),
+            (libc::O_RDONLY | libc::O_CLOEXEC, &[Read]),
+            (libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, &[Write]),
+            (libc::O_WRONLY | libc::O_APPEND, &[Write]),
+            (libc::O_RDWR, &[Read, Write]),
+            (libc::O_RDWR | libc::O_CREAT, &[Read, Write]),
+            (libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, &[Write]),
+            (libc::O_RDWR | libc::O_TRUNC, &[Write]),
+            (libc::O_RDONLY | libc::O_CREAT, &[Write]),
+            (libc::O_RDONLY | libc::O_DIRECTORY, &[Stat]),
+            (libc::O_PATH, &[Stat]),
+            (libc::O_TMPFILE | libc::O_RDWR, &[Stat]),
+        ];
+        for (flags, kinds) in cases {
+            assert_eq!(open_kinds(*flags), *kinds, "flags {flags:#o}");
+        }
+    }
 }

@@ -38,6 +38,7 @@ pub(crate) enum Sys {
     LinkAt,
     Symlink,
     SymlinkAt,
+    Chdir,
     Connect,
 }
 
@@ -97,6 +98,7 @@ pub(crate) const TRACED: &[(c_long, Sys)] = &[
     #[cfg(target_arch = "x86_64")]
     (libc::SYS_symlink, Sys::Symlink),
     (libc::SYS_symlinkat, Sys::SymlinkAt),
+    (libc::SYS_chdir, Sys::Chdir),
     (libc::SYS_connect, Sys::Connect),
 ];
 

@@ -2,7 +2,8 @@
 //!
 //! The tracer installs a seccomp filter in the child between `fork` and `exec` (the [`ChildHook`]).
 //! The filter routes the file-related system calls (`open*`, the `stat` family, `access`, `readlink`,
-//! `getdents`, `execve*`, `rename*`, `unlink*`, `mkdir*`, `truncate`, `link*`, `symlink*`) and
+//! `getdents`, `execve*`, `rename*`, `unlink*`, `rmdir`, `mkdir*`, `truncate`, `link*`, `symlink*`,
+//! `chdir`) and
 //! `connect` to a listener fd (`SECCOMP_FILTER_FLAG_NEW_LISTENER`, Linux ≥ 5.0; the mechanism is
 //! described in `seccomp_unotify(2)`). The filter is inherited by every thread, `fork` and `exec` of
 //! the child, so statically linked programs (Go, Rust, esbuild) are seen like any other. A

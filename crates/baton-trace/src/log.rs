@@ -22,8 +22,9 @@ pub enum AccessKind {
     /// name of `link`/`linkat`/`symlink`/`symlinkat`. `O_RDWR` without `O_TRUNC` records both
     /// [`AccessKind::Read`] and this (old content may have been read), except for `O_CREAT|O_EXCL`.
     Write,
-    /// Metadata or existence probe: the `stat` family, `statx`, `access`/`faccessat(2)`, an `O_PATH`
-    /// open, or a read-only `O_DIRECTORY` open (the directory's entries are [`AccessKind::List`]).
+    /// Metadata or existence probe: the `stat` family, `statx`, `access`/`faccessat(2)`, `chdir`, an
+    /// `O_PATH` open, a read-only `O_DIRECTORY` open (the directory's entries are
+    /// [`AccessKind::List`]), or the existing name passed to `link`/`linkat`.
     Stat,
     /// The target of a symbolic link was read (`readlink`/`readlinkat`).
     ReadLink,

@@ -453,6 +453,8 @@ impl Notifier {
             }
             Sys::Symlink => self.path(pid, CWD, a[1], 0, K::Write),
             Sys::SymlinkAt => self.path(pid, a[1], a[2], 0, K::Write),
+            // Entering a directory probes it (`cd missing || …` depends on its absence).
+            Sys::Chdir => self.path(pid, CWD, a[0], 0, K::Stat),
             Sys::Connect => self.connect(pid, a[1], a[2]),
         }
     }

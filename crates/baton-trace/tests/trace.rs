@@ -292,7 +292,13 @@ fn statically_linked_binary_with_threads_children_and_dirfd() {
     let helper = static_helper();
     let (_guard, dir) = workdir();
     std::fs::create_dir(dir.join("sub")).expect("mkdir");
-    for name in ["in.txt", "threaded.txt", "child.txt", "sub/rel.txt"] {
+    for name in [
+        "in.txt",
+        "in2.txt",
+        "threaded.txt",
+        "child.txt",
+        "sub/rel.txt",
+    ] {
         std::fs::write(dir.join(name), name).expect("write input");
     }
     let mut cmd = command(helper);
@@ -303,6 +309,7 @@ fn statically_linked_binary_with_threads_children_and_dirfd() {
         "list=sub",
         "thread-read=threaded.txt",
         "openat=sub:rel.txt",
+        "openat2=sub/../in2.txt",
         "child=read=child.txt",
     ]);
     let log = trace_ok(cmd);
@@ -312,6 +319,7 @@ fn statically_linked_binary_with_threads_children_and_dirfd() {
     assert_kind(&log, &dir.join("sub"), AccessKind::List);
     assert_kind(&log, &dir.join("threaded.txt"), AccessKind::Read);
     assert_kind(&log, &dir.join("sub/rel.txt"), AccessKind::Read);
+    assert_kind(&log, &dir.join("in2.txt"), AccessKind::Read);
     assert_kind(&log, &dir.join("child.txt"), AccessKind::Read);
     assert_kind(&log, helper, AccessKind::Exec);
     // A static binary never asks the dynamic loader for anything.
@@ -413,4 +421,18 @@ fn a_hook_traces_only_one_child() {
     assert_eq!(second.raw_os_error(), Some(libc::EALREADY), "{second}");
     drop(cmd);
     assert!(exec_of(&supervisor.finish().expect("finish"), "sh"));
+}
+
+#[test]
+fn links_readlink_truncate_and_cd_are_recorded() {
+    let (_guard, dir) = workdir();
+    std::fs::write(dir.join("target.txt"), "t").expect("write");
+    let script = "ln -s target.txt sym && ln target.txt hard && readlink sym > /dev/null \
+        && truncate -s 0 hard && (cd nowhere 2>/dev/null; true)";
+    let log = trace_ok(sh(&dir, script));
+    assert_kind(&log, &dir.join("sym"), AccessKind::Write);
+    assert_kind(&log, &dir.join("sym"), AccessKind::ReadLink);
+    assert_kind(&log, &dir.join("hard"), AccessKind::Write);
+    assert_kind(&log, &dir.join("target.txt"), AccessKind::Stat);
+    assert_kind(&log, &dir.join("nowhere"), AccessKind::Stat);
 }

@@ -4,7 +4,8 @@
 //
 // Arguments are operations run in order, each `op=argument`:
 //   read=PATH, write=PATH, stat=PATH, list=DIR, thread-read=PATH (in a new thread),
-//   openat=DIR:REL (openat(2) relative to an open directory fd), connect=ADDR (TCP),
+//   openat=DIR:REL (openat(2) relative to an open directory fd), openat2=PATH (raw openat2(2),
+//   read-only, x86-64 and aarch64 number 437), connect=ADDR (TCP),
 //   child=OP (runs this program again with the single operation OP and waits).
 use std::ffi::CString;
 use std::io::Write;
@@ -12,6 +13,7 @@ use std::io::Write;
 unsafe extern "C" {
     fn openat(dirfd: i32, path: *const std::ffi::c_char, flags: i32, ...) -> i32;
     fn close(fd: i32) -> i32;
+    fn syscall(number: i64, ...) -> i64;
 }
 
 fn main() {
@@ -44,6 +46,14 @@ fn main() {
                 let fd = unsafe { openat(dir.as_raw_fd(), rel.as_ptr(), 0) };
                 assert!(fd >= 0, "openat failed");
                 unsafe { close(fd) };
+            }
+            "openat2" => {
+                // struct open_how { u64 flags; u64 mode; u64 resolve; }, all zero: O_RDONLY.
+                let how = [0u64; 3];
+                let path = CString::new(value).expect("no NUL");
+                let fd = unsafe { syscall(437, -100i64, path.as_ptr(), how.as_ptr(), 24usize) };
+                assert!(fd >= 0, "openat2 failed");
+                unsafe { close(fd as i32) };
             }
             "connect" => {
                 let mut stream = std::net::TcpStream::connect(value).expect("connect");

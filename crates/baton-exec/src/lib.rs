@@ -100,7 +100,7 @@ pub use process::{
     Subscription, kill_all, signal_all,
 };
 pub use retain::{Chunk, DEFAULT_RETAINED_BYTES, ReadResult};
-pub use spawn::spawn;
+pub use spawn::{spawn, spawn_with_pre_exec};
 pub use spec::{CommandSpec, PtySize, StdinMode, resolve_program};
 
 /// Convenience: [`spawn`] in streaming mode and take the event stream in one call.

@@ -40,6 +40,41 @@ const EXIT_DRAIN_LIMIT: usize = 2 * 1024 * 1024;
 /// [`SpawnError`]: unresolvable program, missing cwd, pty failure, no runtime, exec failure.
 /// On error nothing keeps running.
 pub fn spawn(spec: &CommandSpec, options: SpawnOptions) -> Result<Process, SpawnError> {
+    spawn_inner(spec, options, None)
+}
+
+/// A closure run in the forked child just before `exec` (see [`spawn_with_pre_exec`]).
+type PreExec = Box<dyn FnMut() -> io::Result<()> + Send + Sync + 'static>;
+
+/// [`spawn`], plus `hook` run in the child between `fork` and `exec` — after the child entered
+/// its own process group or session (and got its pty), with the final stdio in place. This is
+/// how a file-access tracer installs its seccomp filter (`baton_trace::ChildHook::install`).
+/// The closure is dropped in the parent right after the spawn, closing any fds it owns there.
+///
+/// # Errors
+/// As [`spawn`]; an error returned by `hook` aborts the exec and comes back as
+/// [`SpawnError::Exec`] with that OS error.
+///
+/// # Safety
+/// `hook` runs in a freshly forked copy of this multi-threaded process: it must only make
+/// async-signal-safe calls (no allocation, no locks, no `println!`), exactly like
+/// `std::os::unix::process::CommandExt::pre_exec`.
+pub unsafe fn spawn_with_pre_exec<F>(
+    spec: &CommandSpec,
+    options: SpawnOptions,
+    hook: F,
+) -> Result<Process, SpawnError>
+where
+    F: FnMut() -> io::Result<()> + Send + Sync + 'static,
+{
+    spawn_inner(spec, options, Some(Box::new(hook)))
+}
+
+fn spawn_inner(
+    spec: &CommandSpec,
+    options: SpawnOptions,
+    hook: Option<PreExec>,
+) -> Result<Process, SpawnError> {
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| SpawnError::NoRuntime)?;
     match std::fs::metadata(&spec.cwd) {
         Ok(meta) if meta.is_dir() => {}
@@ -100,6 +135,14 @@ pub fn spawn(spec: &CommandSpec, options: SpawnOptions) -> Result<Process, Spawn
             None
         }
     };
+
+    if let Some(hook) = hook {
+        // SAFETY: the caller of `spawn_with_pre_exec` promised that the hook is
+        // async-signal-safe; it runs after our own setup closure (if any).
+        unsafe {
+            cmd.pre_exec(hook);
+        }
+    }
 
     let spawned = cmd.spawn();
     // Drop our copies of the pty slave now: the master reports EOF only once all are closed.

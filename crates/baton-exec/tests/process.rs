@@ -75,19 +75,23 @@ async fn signals_reach_the_group_and_map_to_shell_codes() {
 
 #[tokio::test]
 async fn interrupt_reaches_a_grandchild_in_the_group() {
-    // The shell waits for a foreground child; SIGINT to the group kills the child and the shell.
-    let (p, mut ev) = spawn_streaming(&sh("echo $$; sleep 1000; echo survived")).unwrap();
-    let first = ev.recv().await.unwrap();
-    let ProcessEvent::Output { chunk, .. } = first else {
-        panic!("{first:?}")
-    };
-    assert_eq!(
-        first_line_pid(&chunk),
-        p.pid() as i32,
-        "argv runs as the group leader"
-    );
+    // `cat` runs as the shell's foreground child; once it echoed our ping it is certainly
+    // running, and SIGINT to the group kills it and the shell.
+    let spec = sh("echo $$; cat; echo survived").stdin(StdinMode::Piped);
+    let (p, mut ev) = spawn_streaming(&spec).unwrap();
+    let (pid, mut consumed) = common::read_pid_line(&mut ev).await;
+    assert_eq!(pid, p.pid() as i32, "argv runs as the group leader");
+    p.write_stdin(b"ping\n").await.unwrap();
+    let mut echoed = Vec::new();
+    while echoed != b"ping\n" {
+        let Some(ProcessEvent::Output { chunk, .. }) = ev.recv().await else {
+            panic!("expected cat's echo")
+        };
+        echoed.extend_from_slice(&chunk);
+        consumed += 1;
+    }
     p.signal(Signal::Interrupt).unwrap();
-    let c = collect_after(&mut ev, 1).await;
+    let c = collect_after(&mut ev, consumed).await;
     assert!(!String::from_utf8_lossy(&c.stdout).contains("survived"));
     assert_eq!(c.status, Some(ExitStatus::Signaled(libc::SIGINT)));
 }
@@ -355,4 +359,41 @@ async fn a_blocked_process_does_not_delay_another() {
 fn spawn_outside_a_runtime_is_an_error() {
     let err = spawn(&sh("true"), SpawnOptions::streaming()).err();
     assert!(matches!(err, Some(SpawnError::NoRuntime)), "{err:?}");
+}
+
+#[tokio::test]
+async fn pre_exec_hook_runs_in_the_child_only() {
+    // SAFETY: umask(2) is async-signal-safe and allocates nothing.
+    let p = unsafe {
+        baton_exec::spawn_with_pre_exec(&sh("umask"), SpawnOptions::streaming(), || {
+            libc::umask(0o027);
+            Ok(())
+        })
+    }
+    .unwrap();
+    let c = collect(&mut p.take_events().unwrap()).await;
+    assert_eq!(String::from_utf8(c.stdout).unwrap().trim(), "0027");
+    // the parent's umask is untouched
+    // SAFETY: umask only swaps an integer; restored right away.
+    let parent = unsafe {
+        let old = libc::umask(0o022);
+        libc::umask(old);
+        old
+    };
+    assert_ne!(parent, 0o027);
+}
+
+#[tokio::test]
+async fn a_failing_pre_exec_hook_aborts_the_spawn() {
+    // SAFETY: constructing an io::Error from a raw code allocates nothing.
+    let err = unsafe {
+        baton_exec::spawn_with_pre_exec(&sh("echo never"), SpawnOptions::streaming(), || {
+            Err(std::io::Error::from_raw_os_error(libc::EPERM))
+        })
+    }
+    .unwrap_err();
+    let SpawnError::Exec { source, .. } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(source.raw_os_error(), Some(libc::EPERM));
 }

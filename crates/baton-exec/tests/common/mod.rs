@@ -115,3 +115,17 @@ pub fn first_line_pid(bytes: &[u8]) -> i32 {
         .and_then(|l| l.trim().parse().ok())
         .unwrap_or_else(|| panic!("no pid in {text:?}"))
 }
+
+/// Reads output events until a full first line arrived; returns (pid on it, events consumed).
+pub async fn read_pid_line(events: &mut EventStream) -> (i32, u64) {
+    let mut bytes = Vec::new();
+    let mut consumed = 0;
+    while !bytes.contains(&b'\n') {
+        match events.recv().await {
+            Some(ProcessEvent::Output { chunk, .. }) => bytes.extend_from_slice(&chunk),
+            other => panic!("expected output, got {other:?}"),
+        }
+        consumed += 1;
+    }
+    (first_line_pid(&bytes), consumed)
+}

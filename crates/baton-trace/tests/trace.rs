@@ -436,3 +436,18 @@ fn links_readlink_truncate_and_cd_are_recorded() {
     assert_kind(&log, &dir.join("target.txt"), AccessKind::Stat);
     assert_kind(&log, &dir.join("nowhere"), AccessKind::Stat);
 }
+
+#[test]
+fn unresolvable_calls_are_counted() {
+    let (_guard, dir) = workdir();
+    let mut cmd = command(static_helper());
+    cmd.current_dir(&dir).arg("unresolvable=_");
+    let log = trace_ok(cmd);
+    let unresolved = log.unresolved();
+    assert_eq!(
+        (unresolved.base, unresolved.memory),
+        (1, 1),
+        "{unresolved:?}"
+    );
+    assert_eq!(unresolved.total(), 2);
+}

@@ -55,6 +55,17 @@ fn main() {
                 assert!(fd >= 0, "openat2 failed");
                 unsafe { close(fd as i32) };
             }
+            "unresolvable" => {
+                use std::os::fd::AsRawFd;
+                let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+                let rel = CString::new("x").expect("no NUL");
+                let fd = unsafe { openat(socket.as_raw_fd(), rel.as_ptr(), 0) };
+                assert!(fd < 0, "openat relative to a socket must fail");
+                // SYS_openat is 257 on x86-64 and 56 on aarch64.
+                let nr = if cfg!(target_arch = "aarch64") { 56 } else { 257 };
+                let fd = unsafe { syscall(nr, -100i64, 8usize, 0i64) };
+                assert!(fd < 0, "openat of an unmapped pointer must fail");
+            }
             "connect" => {
                 let mut stream = std::net::TcpStream::connect(value).expect("connect");
                 stream.write_all(b"hi").expect("write to socket");

@@ -99,7 +99,7 @@ pub use process::{
     EventStream, ExitStatus, OutputMode, Process, ProcessEvent, Signal, SpawnOptions, Stream,
     Subscription, kill_all, signal_all,
 };
-pub use retain::{Chunk, DEFAULT_RETAINED_BYTES, ReadResult};
+pub use retain::{Chunk, DEFAULT_RETAINED_BYTES, EventsSince, ReadResult};
 pub use spawn::{spawn, spawn_with_pre_exec};
 pub use spec::{CommandSpec, PtySize, StdinMode, resolve_program};
 

@@ -15,7 +15,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::error::{ReadError, ResizeError, SignalError, StdinError, SubscriptionError};
 use crate::pty::PtyMaster;
-use crate::retain::{ReadResult, Retained};
+use crate::retain::{EventsSince, ReadResult, Retained};
 use crate::spec::PtySize;
 
 /// A signal sent to a process's whole process group by [`Process::signal`].
@@ -526,6 +526,37 @@ impl Process {
                     return Ok(buf.read(after, max_bytes));
                 }
             }
+        }
+    }
+
+    /// Every still-known event after `after_seq`, as [`ProcessEvent`]s in seq order, without
+    /// waiting: the retained output chunks plus the `Exited` and `Closed` events (which are never
+    /// evicted). Lets a live-notification forwarder fill a gap exactly, e.g. after
+    /// [`SubscriptionError::Lagged`]; `evicted_before` reports output that is lost.
+    ///
+    /// # Errors
+    /// [`ReadError::NotRetained`] for a process spawned in streaming mode.
+    pub fn events_since(&self, after_seq: u64) -> Result<EventsSince, ReadError> {
+        let retained = self
+            .shared()
+            .retained
+            .as_ref()
+            .ok_or(ReadError::NotRetained)?;
+        Ok(lock(retained).events_since(after_seq))
+    }
+
+    /// Sends [`Signal::Terminate`] to the group, waits up to `grace` for the leader to exit, then
+    /// kills the whole group with `SIGKILL` in any case (so no straggler survives) and returns the
+    /// leader's exit status.
+    pub async fn terminate_gracefully(&self, grace: Duration) -> ExitStatus {
+        if self.signal(Signal::Terminate).is_err() {
+            tracing::debug!(pid = self.pid(), "SIGTERM failed; killing");
+        }
+        let status = tokio::time::timeout(grace, self.wait()).await.ok();
+        self.shared().kill_group();
+        match status {
+            Some(status) => status,
+            None => self.wait().await,
         }
     }
 

@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use crate::process::{ExitStatus, Stream};
+use crate::process::{ExitStatus, ProcessEvent, Stream};
 
 /// Default retention bound per process: 8 MiB of output bytes (DESIGN.md section 2).
 pub const DEFAULT_RETAINED_BYTES: usize = 8 * 1024 * 1024;
@@ -43,6 +43,17 @@ pub struct ReadResult {
     pub evicted_before: Option<u64>,
 }
 
+/// The answer of [`crate::Process::events_since`]: retained events as [`ProcessEvent`]s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventsSince {
+    /// Events with `seq > after_seq` that are still known, in seq order: retained output chunks
+    /// and the `Exited`/`Closed` events (kept for the whole life of the process).
+    pub events: Vec<ProcessEvent>,
+    /// `Some(s)`: output chunks after `after_seq` and before seq `s` were evicted and are lost
+    /// (as in [`ReadResult::evicted_before`]).
+    pub evicted_before: Option<u64>,
+}
+
 /// Retained state of one process (behind that process's own mutex).
 #[derive(Debug)]
 pub(crate) struct Retained {
@@ -52,9 +63,13 @@ pub(crate) struct Retained {
     /// Highest seq of an evicted chunk (0: nothing evicted).
     evicted_through: u64,
     /// Latest seq of any event published.
-    pub(crate) last_seq: u64,
-    pub(crate) exit: Option<ExitStatus>,
-    pub(crate) closed: bool,
+    last_seq: u64,
+    exit: Option<ExitStatus>,
+    closed: bool,
+    /// Seq of the `Exited` event (0: not yet).
+    exit_seq: u64,
+    /// Seq of the `Closed` event (0: not yet).
+    closed_seq: u64,
 }
 
 impl Retained {
@@ -67,6 +82,59 @@ impl Retained {
             last_seq: 0,
             exit: None,
             closed: false,
+            exit_seq: 0,
+            closed_seq: 0,
+        }
+    }
+
+    /// Records the `Exited` event.
+    pub(crate) fn set_exited(&mut self, seq: u64, status: ExitStatus) {
+        self.last_seq = seq;
+        self.exit = Some(status);
+        self.exit_seq = seq;
+    }
+
+    /// Records the `Closed` event.
+    pub(crate) fn set_closed(&mut self, seq: u64) {
+        self.last_seq = seq;
+        self.closed = true;
+        self.closed_seq = seq;
+    }
+
+    /// Every retained event after `after_seq` in seq order (output chunks still retained, plus
+    /// the `Exited` and `Closed` events, which are never evicted).
+    pub(crate) fn events_since(&self, after_seq: u64) -> EventsSince {
+        let start = self.chunks.partition_point(|c| c.seq <= after_seq);
+        let mut events: Vec<ProcessEvent> = self
+            .chunks
+            .iter()
+            .skip(start)
+            .map(|c| ProcessEvent::Output {
+                seq: c.seq,
+                stream: c.stream,
+                chunk: c.bytes.clone(),
+            })
+            .collect();
+        if let Some(status) = self.exit
+            && self.exit_seq > after_seq
+        {
+            let at = events.partition_point(|e| e.seq() < self.exit_seq);
+            events.insert(
+                at,
+                ProcessEvent::Exited {
+                    seq: self.exit_seq,
+                    status,
+                },
+            );
+        }
+        if self.closed && self.closed_seq > after_seq {
+            events.push(ProcessEvent::Closed {
+                seq: self.closed_seq,
+            });
+        }
+        EventsSince {
+            events,
+            evicted_before: (self.evicted_through > after_seq).then_some(self.evicted_through + 1),
         }
     }
 
@@ -168,7 +236,7 @@ mod tests {
         let mut r = Retained::new(1000);
         r.push(chunk(1, "0123456789"));
         r.push(chunk(2, "abc"));
-        r.last_seq = 3; // an exit event
+        r.set_exited(3, ExitStatus::Exited(0));
         let res = r.read(0, Some(4));
         assert_eq!(res.chunks.len(), 1);
         assert_eq!(res.next_seq, 2);
@@ -181,6 +249,27 @@ mod tests {
         assert_eq!(res.next_seq, 4);
         assert!(!r.has_news(3));
         assert!(r.has_news(2));
+    }
+
+    #[test]
+    fn events_since_interleaves_exit_and_close() {
+        let mut r = Retained::new(6);
+        r.push(chunk(1, "aaaa"));
+        r.set_exited(2, ExitStatus::Signaled(9));
+        r.push(chunk(3, "bbbb"));
+        r.set_closed(4);
+        let all = r.events_since(0);
+        assert_eq!(all.evicted_before, Some(2));
+        assert_eq!(
+            all.events.iter().map(ProcessEvent::seq).collect::<Vec<_>>(),
+            vec![2, 3, 4]
+        );
+        assert!(matches!(all.events[0], ProcessEvent::Exited { .. }));
+        assert!(matches!(all.events[2], ProcessEvent::Closed { .. }));
+        let tail = r.events_since(3);
+        assert_eq!(tail.events, vec![ProcessEvent::Closed { seq: 4 }]);
+        assert_eq!(tail.evicted_before, None);
+        assert!(r.events_since(4).events.is_empty());
     }
 
     #[test]

@@ -416,14 +416,8 @@ impl Pump {
                     stream: *stream,
                     bytes: chunk.clone(),
                 }),
-                ProcessEvent::Exited { status, .. } => {
-                    r.last_seq = seq;
-                    r.exit = Some(*status);
-                }
-                ProcessEvent::Closed { .. } => {
-                    r.last_seq = seq;
-                    r.closed = true;
-                }
+                ProcessEvent::Exited { status, .. } => r.set_exited(seq, *status),
+                ProcessEvent::Closed { .. } => r.set_closed(seq),
             }
         }
         shared.progress.send_modify(|p| {

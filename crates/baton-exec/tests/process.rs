@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use baton_exec::{
     CommandSpec, ExitStatus, ProcessEvent, ResolveError, Signal, SpawnError, SpawnOptions,
     StdinError, StdinMode, spawn, spawn_streaming,
@@ -396,4 +398,30 @@ async fn a_failing_pre_exec_hook_aborts_the_spawn() {
         panic!("{err:?}")
     };
     assert_eq!(source.raw_os_error(), Some(libc::EPERM));
+}
+
+#[tokio::test]
+async fn terminate_gracefully_lets_a_trap_run() {
+    let spec = sh("trap 'echo bye; exit 5' TERM; echo ready; while :; do sleep 1; done");
+    let (p, mut ev) = spawn_streaming(&spec).unwrap();
+    let ProcessEvent::Output { chunk, .. } = ev.recv().await.unwrap() else {
+        panic!("expected ready")
+    };
+    assert_eq!(chunk.as_ref(), b"ready\n");
+    let status = p.terminate_gracefully(Duration::from_secs(60)).await;
+    assert_eq!(status, ExitStatus::Exited(5));
+    let c = collect_after(&mut ev, 1).await;
+    assert_eq!(c.stdout, b"bye\n");
+}
+
+#[tokio::test]
+async fn terminate_gracefully_kills_what_ignores_sigterm() {
+    // An ignored signal stays ignored across exec.
+    let spec = sh("trap '' TERM; echo ready; exec sleep 1000");
+    let (p, mut ev) = spawn_streaming(&spec).unwrap();
+    let ready = ev.recv().await.unwrap();
+    assert!(matches!(ready, ProcessEvent::Output { .. }), "{ready:?}");
+    let status = p.terminate_gracefully(Duration::from_millis(50)).await;
+    assert_eq!(status, ExitStatus::Signaled(libc::SIGKILL));
+    collect_after(&mut ev, 1).await;
 }

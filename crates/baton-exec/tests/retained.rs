@@ -232,3 +232,30 @@ async fn retained_mode_never_blocks_the_child() {
     assert!(r.evicted_before.is_some());
     assert!(r.chunks.iter().map(|c| c.bytes.len()).sum::<usize>() <= 64 * 1024);
 }
+
+#[tokio::test]
+async fn events_since_replays_output_exit_and_close_in_order() {
+    let p = spawn(&sh("echo one; exit 2"), SpawnOptions::retained()).unwrap();
+    p.wait_closed().await;
+    let all = p.events_since(0).unwrap();
+    assert_eq!(all.evicted_before, None);
+    let seqs: Vec<u64> = all.events.iter().map(ProcessEvent::seq).collect();
+    assert_eq!(seqs, (1..=p.last_seq()).collect::<Vec<_>>());
+    assert!(matches!(
+        all.events.last(),
+        Some(ProcessEvent::Closed { .. })
+    ));
+    let exited = &all.events[all.events.len() - 2];
+    assert!(
+        matches!(
+            exited,
+            ProcessEvent::Exited {
+                status: ExitStatus::Exited(2),
+                ..
+            }
+        ),
+        "{exited:?}"
+    );
+    let tail = p.events_since(p.last_seq() - 1).unwrap();
+    assert_eq!(tail.events.len(), 1);
+}

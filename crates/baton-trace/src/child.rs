@@ -65,7 +65,7 @@ impl ChildHook {
     /// child and `exec` of the process from then on, and cannot be removed.
     ///
     /// Steps: `prctl(PR_SET_NO_NEW_PRIVS, 1)`, `seccomp(SECCOMP_SET_MODE_FILTER,
-    /// SECCOMP_FILTER_FLAG_NEW_LISTENER, prog)`, `sendmsg` of the listener fd with `SCM_RIGHTS`, `close`.
+    /// SECCOMP_FILTER_FLAG_NEW_LISTENER [| SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV], prog)`, `sendmsg` of the listener fd with `SCM_RIGHTS`, `close`.
     /// All are async-signal-safe; nothing is allocated.
     ///
     /// # Errors
@@ -92,15 +92,25 @@ impl ChildHook {
             len: u16::try_from(self.program.len()).unwrap_or(u16::MAX),
             filter: self.program.as_ptr().cast_mut(),
         };
-        // SAFETY: `prog` points at a valid program that outlives the call; the kernel copies it.
-        let listener = unsafe {
-            libc::syscall(
-                libc::SYS_seccomp,
-                libc::SECCOMP_SET_MODE_FILTER,
-                libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
-                &raw const prog,
-            )
-        };
+        // With WAIT_KILLABLE_RECV (Linux 5.19) a call the supervisor has already received is no
+        // longer interrupted by non-fatal signals (Go's preemption signal would otherwise restart
+        // it and notify twice); older kernels reject the flag with EINVAL, so retry without it.
+        let base = libc::SECCOMP_FILTER_FLAG_NEW_LISTENER;
+        let mut listener = -1;
+        for flags in [base | libc::SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV, base] {
+            // SAFETY: `prog` points at a valid program that outlives the call; the kernel copies it.
+            listener = unsafe {
+                libc::syscall(
+                    libc::SYS_seccomp,
+                    libc::SECCOMP_SET_MODE_FILTER,
+                    flags,
+                    &raw const prog,
+                )
+            };
+            if listener >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
+                break;
+            }
+        }
         if listener < 0 {
             return Err(io::Error::last_os_error());
         }

@@ -31,7 +31,23 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! Limits: calls are seen on entry, so an access that then fails (a file that does not exist) is
+//! How a spawner (`baton-exec`) uses it:
+//! 1. [`is_available`] — on `Err`, run the command untraced and show the reason
+//!    (`cache disabled: …`).
+//! 2. [`start`] before spawning: it allocates everything and starts the supervisor thread, which
+//!    must be running while the child `exec`s (the child's `execve` is itself a traced call).
+//! 3. Run [`ChildHook::into_pre_exec`] as the *last* `pre_exec` step in the child, after process
+//!    group, session and pty setup, so only the task's own calls are recorded. An error from it
+//!    (`EBUSY`, `EPERM`, …) comes back from `spawn` as that OS error.
+//! 4. Drop the command (and with it the hook) right after spawning.
+//! 5. After the child exited, and its process group was killed or drained, call
+//!    [`Supervisor::finish`]; or [`Supervisor::wait_tree`] to wait for every descendant. Both
+//!    block briefly (`wait_tree` until the tree is gone): use `spawn_blocking` in async code.
+//!
+//! Side effect on the traced tree: `no_new_privs` is set, so set-user-ID programs (`sudo`, `su`)
+//! and file capabilities do not gain privileges inside a traced task.
+//!
+, so an access that then fails (a file that does not exist) is
 //! recorded too — callers check the file system afterwards. The path string is read once; a tracee
 //! that rewrites it concurrently from another thread can make the record differ from what the kernel
 //! used (tracing is for caching, not a security boundary). `sendto`/`sendmsg` without `connect`,

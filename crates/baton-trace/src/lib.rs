@@ -47,7 +47,7 @@
 //! Side effect on the traced tree: `no_new_privs` is set, so set-user-ID programs (`sudo`, `su`)
 //! and file capabilities do not gain privileges inside a traced task.
 //!
-, so an access that then fails (a file that does not exist) is
+//! Limits: calls are seen on entry, so an access that then fails (a file that does not exist) is
 //! recorded too — callers check the file system afterwards. The path string is read once; a tracee
 //! that rewrites it concurrently from another thread can make the record differ from what the kernel
 //! used (tracing is for caching, not a security boundary). `sendto`/`sendmsg` without `connect`,

@@ -581,7 +581,10 @@ async fn run_task(
                     results.push(r.result);
                 }
                 Err(e) => {
-                    restore_failure = Some(format!("restoring outputs failed: {e}"));
+                    restore_failure = Some(match e.as_miss_reason() {
+                        Some(reason) => reason.to_string(),
+                        None => format!("restoring outputs failed: {e}"),
+                    });
                     first_to_run = item;
                     break;
                 }
@@ -806,7 +809,11 @@ fn fingerprint_inputs(
     paths: &[String],
     deps: &DepInputs,
 ) -> Result<InputFingerprint, baton_cache::FingerprintError> {
-    let mut fp = fingerprint_paths(&sh.ws.root, paths)?;
+    // The store's variant reuses hashes of files whose stat data did not change.
+    let mut fp = match &sh.store {
+        Some(store) => store.fingerprint_paths(&sh.ws.root, paths)?,
+        None => fingerprint_paths(&sh.ws.root, paths)?,
+    };
     for (name, stamp) in &deps.stamps {
         fp.insert(name.clone(), PathState::File { hash: *stamp });
     }

@@ -52,8 +52,12 @@
 //! - by [`kill_all`] (or gently by [`signal_all`]), which reaches every live group this process
 //!   spawned: call it on Ctrl-C and on server shutdown.
 //!
-//! A descendant that leaves the group (`setsid`, `setpgid`) escapes all of this; a binary that
-//! wants such daemons reparented to itself can set `prctl(PR_SET_CHILD_SUBREAPER)`.
+//! A descendant that leaves the group (`setsid`, `setpgid`) escapes all of this. A binary could
+//! catch such daemons with `prctl(PR_SET_CHILD_SUBREAPER)`, but it must then also reap the
+//! orphans that get reparented to it, without stealing the exit statuses of the children this
+//! crate waits for (`waitid(P_ALL, .., WNOWAIT)` and skipping registered pids) — this crate does
+//! not set or require it. Such an escaped descendant that keeps the stdout/stderr pipe open also
+//! delays `Closed` until it exits; [`Process::wait`] is not affected.
 //!
 //! # Events and seq numbers
 //!
@@ -69,6 +73,8 @@
 //! - **Streaming** ([`SpawnOptions::streaming`]), for the task runner: [`Process::take_events`]
 //!   yields an [`EventStream`] with every event from seq 1, lossless. The channel is bounded, so a
 //!   slow consumer stops the readers and the child blocks on write instead of bytes being lost.
+//!   Consequently, consume the stream concurrently with (or instead of) [`Process::wait`]:
+//!   awaiting `wait` while nobody drains the stream can deadlock a chatty child.
 //! - **Retained** ([`SpawnOptions::retained`]), for the exec server: recent chunks are kept in a
 //!   buffer bounded in bytes (default [`DEFAULT_RETAINED_BYTES`], 8 MiB) and read with
 //!   [`Process::read`]`(after_seq, max_bytes, wait)`, which long-polls, always returns at least one
@@ -80,10 +86,27 @@
 //! [`Process::wait`] / [`Process::wait_closed`] return the [`ExitStatus`];
 //! [`ExitStatus::code_for_shell`] is the `$?` a shell would show (128 + signal when killed).
 //!
+//! # API at a glance
+//!
+//! | call | for |
+//! |---|---|
+//! | [`spawn`]`(&spec, options)`, [`spawn_streaming`]`(&spec)` | start a process |
+//! | [`spawn_with_pre_exec`] (unsafe) | start with a hook run between fork and exec (tracing) |
+//! | [`resolve_program`]`(program, env, cwd)` | the PATH lookup `spawn` uses |
+//! | [`Process::pid`], [`Process::is_pty`] | identity (pid = process group id) |
+//! | [`Process::signal`], [`Process::terminate`], [`Process::terminate_gracefully`] | stop it |
+//! | [`Process::write_stdin`], [`Process::close_stdin`], [`Process::resize`] | input |
+//! | [`Process::wait`], [`Process::wait_closed`], [`Process::try_wait`], [`Process::is_closed`] | status |
+//! | [`Process::take_events`] → [`EventStream::recv`] | lossless streaming |
+//! | [`Process::read`], [`Process::events_since`] | retained output |
+//! | [`Process::subscribe`] → [`Subscription::recv`] | live events |
+//! | [`kill_all`], [`signal_all`] | every live group (Ctrl-C, shutdown) |
+//!
 //! # Runtime
 //!
 //! [`spawn`] must be called inside a Tokio runtime (with IO and time enabled); the pump runs on
-//! it. Linux is the target (pty, `/proc`-free design; `pidfd` not required).
+//! it. Linux is the target platform (`posix_openpt` ptys, `killpg`, `TIOCSCTTY`); nothing needs
+//! `/proc`, `pidfd` or privileges.
 
 mod error;
 mod process;

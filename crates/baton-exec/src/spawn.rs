@@ -310,6 +310,8 @@ impl Source {
 /// The outcome of one read.
 enum ReadOutcome {
     Data(Bytes),
+    /// Interrupted by a signal handler (`EINTR`): nothing read, try again.
+    Retry,
     Eof,
 }
 
@@ -317,6 +319,7 @@ fn outcome(source: &Source, result: io::Result<usize>, buf: &[u8]) -> ReadOutcom
     match result {
         Ok(0) => ReadOutcome::Eof,
         Ok(n) => ReadOutcome::Data(Bytes::copy_from_slice(&buf[..n])),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => ReadOutcome::Retry,
         Err(e) => {
             tracing::debug!(stream = source.stream().name(), error = %e, "output read failed; treating as EOF");
             ReadOutcome::Eof
@@ -381,6 +384,7 @@ impl Pump {
                 })
                 .await;
             }
+            ReadOutcome::Retry => {}
             ReadOutcome::Eof => *source = None,
         }
     }

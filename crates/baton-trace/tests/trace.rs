@@ -354,7 +354,7 @@ fn loopback_connect_is_recorded_as_loopback() {
 
 /// Helper for the two tests below: prints the availability verdict of the process it runs in.
 #[test]
-#[ignore = "run by nested_tracer_reports_listener_held and disable_switch_reports_disabled"]
+#[ignore = "run by the nested, sandboxed and disable-switch availability tests"]
 fn availability_probe_child() {
     match baton_trace::is_available() {
         Ok(()) => println!("AVAILABILITY=ok"),
@@ -450,4 +450,60 @@ fn unresolvable_calls_are_counted() {
         "{unresolved:?}"
     );
     assert_eq!(unresolved.total(), 2);
+}
+
+/// A classic seccomp program that makes `seccomp(2)` fail with `EPERM` and allows everything else,
+/// like a container profile that forbids nested filters.
+fn deny_seccomp_program() -> Vec<libc::sock_filter> {
+    let ld = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    let jeq = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    let ret = (libc::BPF_RET | libc::BPF_K) as u16;
+    let op = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+    vec![
+        op(ld, 0, 0, 0),
+        op(
+            jeq,
+            0,
+            1,
+            u32::try_from(libc::SYS_seccomp).expect("small syscall number"),
+        ),
+        op(ret, 0, 0, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        op(ret, 0, 0, libc::SECCOMP_RET_ALLOW),
+    ]
+}
+
+#[test]
+fn sandbox_denying_seccomp_reports_denied() {
+    let program = deny_seccomp_program();
+    let mut cmd = probe_command();
+    // SAFETY: the closure only calls prctl(2) on a program allocated before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            let prog = libc::sock_fprog {
+                len: u16::try_from(program.len()).unwrap_or(u16::MAX),
+                filter: program.as_ptr().cast_mut(),
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &raw const prog,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let output = cmd.output().expect("spawn probe in the sandbox");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("AVAILABILITY=SeccompDenied { errno: 1 }"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("seccomp user notification denied"),
+        "{stdout}"
+    );
 }

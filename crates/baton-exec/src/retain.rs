@@ -101,6 +101,13 @@ impl Retained {
         self.closed_seq = seq;
     }
 
+    /// Marks the process as ended without events (its pump was torn down by a runtime shutdown
+    /// and the group killed), so readers stop waiting.
+    pub(crate) fn mark_torn_down(&mut self) {
+        self.exit.get_or_insert(ExitStatus::Signaled(libc::SIGKILL));
+        self.closed = true;
+    }
+
     /// Every retained event after `after_seq` in seq order (output chunks still retained, plus
     /// the `Exited` and `Closed` events, which are never evicted).
     pub(crate) fn events_since(&self, after_seq: u64) -> EventsSince {

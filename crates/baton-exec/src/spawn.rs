@@ -250,6 +250,9 @@ impl Drop for RuntimeGuard {
     fn drop(&mut self) {
         if self.armed {
             self.shared.kill_group();
+            if let Some(retained) = &self.shared.retained {
+                lock(retained).mark_torn_down();
+            }
             self.shared.progress.send_modify(|p| {
                 p.exit.get_or_insert(ExitStatus::Signaled(libc::SIGKILL));
                 p.closed = true;

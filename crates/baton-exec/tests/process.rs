@@ -185,11 +185,12 @@ fn runtime_shutdown_kills_the_group() {
         .build()
         .unwrap();
     let (process, grandchild) = rt.block_on(async {
-        let (p, mut ev) = spawn_streaming(&sh("sleep 1000 & echo $!; wait")).unwrap();
-        let ProcessEvent::Output { chunk, .. } = ev.recv().await.unwrap() else {
-            panic!("expected the pid line")
-        };
-        (p, first_line_pid(&chunk))
+        let p = spawn(&sh("sleep 1000 & echo $!; wait"), SpawnOptions::retained()).unwrap();
+        let r = p
+            .read(None, None, Some(Duration::from_secs(60)))
+            .await
+            .unwrap();
+        (p, first_line_pid(&r.chunks[0].bytes))
     });
     let leader = process.pid() as i32;
     drop(rt);
@@ -201,6 +202,16 @@ fn runtime_shutdown_kills_the_group() {
         Some(ExitStatus::Signaled(libc::SIGKILL))
     );
     assert!(process.is_closed());
+    // readers do not wait for events that will never come
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let r = rt
+        .block_on(process.read(Some(1), None, Some(Duration::from_secs(600))))
+        .unwrap();
+    assert!(r.closed && r.exited);
+    assert_eq!(r.exit_code, Some(128 + libc::SIGKILL));
 }
 
 #[tokio::test]

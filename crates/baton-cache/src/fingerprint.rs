@@ -718,7 +718,9 @@ pub fn path_to_key(root: &Path, path: &Path) -> Option<String> {
 pub(crate) fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
     const PER_THREAD_MIN: usize = 32;
     const CHUNK: usize = 16;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // `available_parallelism` reads cgroup files on every call: ask once per process.
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let threads = cores.min(items.len().div_ceil(PER_THREAD_MIN));
     if threads <= 1 {
         return items.iter().map(f).collect();

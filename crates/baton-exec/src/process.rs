@@ -371,7 +371,9 @@ impl Process {
     }
 
     /// Writes all of `bytes` to the child's stdin (the pipe, or the pty's input). Waits while the
-    /// pipe is full. Concurrent writes are serialised, each written whole.
+    /// pipe is full. Concurrent writes are serialised, each written whole. Not cancel-safe: if
+    /// the future is dropped mid-way, a prefix of `bytes` may have been written. A write blocked
+    /// on a child that does not read also holds up [`Process::close_stdin`].
     ///
     /// # Errors
     /// [`StdinError::NotPiped`] without a stdin pipe or pty; [`StdinError::Closed`] after
@@ -663,4 +665,40 @@ pub fn kill_all() -> usize {
 /// [`Signal::Interrupt`] first for a graceful Ctrl-C. Returns how many groups still existed.
 pub fn signal_all(signal: Signal) -> usize {
     registry::signal_all(signal.to_nix())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_status_codes_and_display() {
+        assert_eq!(ExitStatus::Exited(3).code_for_shell(), 3);
+        assert_eq!(ExitStatus::Signaled(libc::SIGKILL).code_for_shell(), 137);
+        assert_eq!(ExitStatus::Signaled(libc::SIGINT).code(), None);
+        assert_eq!(ExitStatus::Signaled(libc::SIGINT).signal(), Some(2));
+        assert!(ExitStatus::Exited(0).success());
+        assert!(!ExitStatus::Signaled(0).success());
+        assert_eq!(ExitStatus::Exited(1).to_string(), "exit code 1");
+        assert_eq!(
+            ExitStatus::Signaled(libc::SIGTERM).to_string(),
+            "killed by signal 15 (SIGTERM)"
+        );
+        assert_eq!(ExitStatus::Signaled(99).to_string(), "killed by signal 99");
+    }
+
+    #[test]
+    fn signal_names_round_trip() {
+        for s in [
+            Signal::Interrupt,
+            Signal::Terminate,
+            Signal::Kill,
+            Signal::Hangup,
+        ] {
+            assert_eq!(Signal::from_name(s.name()), Some(s));
+        }
+        assert_eq!(Signal::from_name("INT"), None);
+        assert_eq!(Signal::Hangup.number(), libc::SIGHUP);
+        assert_eq!(Stream::Pty.name(), "pty");
+    }
 }

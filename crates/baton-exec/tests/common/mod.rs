@@ -102,7 +102,13 @@ pub fn wait_pid_dead(pid: i32) {
         std::os::fd::AsFd::as_fd(&fd),
         nix::poll::PollFlags::POLLIN,
     )];
-    let n = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(60_000u16)).unwrap();
+    // Other tests' children send SIGCHLD to this process: retry on EINTR.
+    let n = loop {
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(60_000u16)) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => break other.unwrap(),
+        }
+    };
     assert_eq!(n, 1, "process {pid} still alive after 60 s");
     assert!(is_dead(pid));
 }

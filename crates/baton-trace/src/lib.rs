@@ -111,11 +111,11 @@ pub enum TraceError {
     /// Tracing cannot be used here; run the command untraced (and uncached) instead.
     #[error(transparent)]
     Unavailable(#[from] Unavailable),
-    /// Creating the socket pair, the hook's shared flag page, the stop pipe or the supervisor thread
+    /// Creating the socket pair, the hook's shared flag page, the stop eventfd or the supervisor thread
     /// failed.
     #[error("cannot set up file-access tracing: {step} failed")]
     Setup {
-        /// Which step failed (`socketpair`, `mmap`, `pipe`, `spawn supervisor thread`).
+        /// Which step failed (`socketpair`, `mmap`, `eventfd`, `spawn supervisor thread`).
         step: &'static str,
         /// The OS error.
         #[source]

@@ -33,19 +33,23 @@ pub struct Supervisor {
 
 impl Supervisor {
     pub(crate) fn spawn(sock: OwnedFd) -> Result<Supervisor, TraceError> {
-        let (stop_r, stop_w) = pipe().map_err(|source| TraceError::Setup {
-            step: "pipe",
+        let stop = eventfd().map_err(|source| TraceError::Setup {
+            step: "eventfd",
+            source,
+        })?;
+        let stop_thread = stop.try_clone().map_err(|source| TraceError::Setup {
+            step: "eventfd",
             source,
         })?;
         let thread = std::thread::Builder::new()
             .name("baton-trace".into())
-            .spawn(move || run(sock, stop_r))
+            .spawn(move || run(sock, stop_thread))
             .map_err(|source| TraceError::Setup {
                 step: "spawn supervisor thread",
                 source,
             })?;
         Ok(Supervisor {
-            stop: Some(stop_w),
+            stop: Some(stop),
             thread: Some(thread),
         })
     }
@@ -59,7 +63,7 @@ impl Supervisor {
     /// [`TraceError::Supervisor`] when receiving notifications failed (the log is lost), or
     /// [`TraceError::Panicked`].
     pub fn finish(mut self) -> Result<AccessLog, TraceError> {
-        drop(self.stop.take());
+        self.signal_stop();
         self.join()
     }
 
@@ -72,8 +76,19 @@ impl Supervisor {
     /// As [`finish`](Supervisor::finish).
     pub fn wait_tree(mut self) -> Result<AccessLog, TraceError> {
         let log = self.join();
-        drop(self.stop.take());
+        self.signal_stop();
         log
+    }
+
+    /// Makes the stop eventfd readable (a counter write, so copies of the fd that a concurrently
+    /// forked child may briefly hold do not matter, unlike a pipe's end-of-file).
+    fn signal_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let one = 1u64;
+            // SAFETY: writes 8 bytes from a live u64 to an eventfd we own. It cannot fail short of
+            // counter overflow, which one write per supervisor never reaches.
+            unsafe { libc::write(stop.as_raw_fd(), (&raw const one).cast::<c_void>(), 8) };
+        }
     }
 
     fn join(&mut self) -> Result<AccessLog, TraceError> {
@@ -88,20 +103,20 @@ impl Supervisor {
 
 impl Drop for Supervisor {
     fn drop(&mut self) {
-        // Closing the write end wakes the thread, which stops on its own; it is not joined here so
-        // that dropping never blocks.
-        drop(self.stop.take());
+        // Wakes the thread, which stops on its own; it is not joined here so that dropping never
+        // blocks.
+        self.signal_stop();
     }
 }
 
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as c_int; 2];
-    // SAFETY: `fds` is a valid out-array of two ints.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: plain eventfd creation.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if fd < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: both fds were just created and are owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    // SAFETY: the fd was just created and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// How many notifications are still handled after a stop request, so a busy stray process cannot
@@ -164,7 +179,7 @@ fn poll(fds: &mut [libc::pollfd], timeout_ms: c_int) -> io::Result<()> {
     }
 }
 
-/// Waits for the child to send the listener fd; `None` when the stop pipe closed or every copy of the
+/// Waits for the child to send the listener fd; `None` when stop was signalled or every copy of the
 /// hook's socket end is gone without a listener being sent.
 fn receive_listener(sock: &OwnedFd, stop: &OwnedFd) -> io::Result<Option<OwnedFd>> {
     loop {

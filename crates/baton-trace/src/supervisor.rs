@@ -72,6 +72,10 @@ impl Supervisor {
     /// it returns an empty log once the hook has been dropped; while an unused hook is still alive it
     /// waits.
     ///
+    /// The kernel releases a process's filter only when the process is reaped, so call this after
+    /// waiting for the child; and if the caller is a child subreaper (`PR_SET_CHILD_SUBREAPER`),
+    /// orphaned descendants must be reaped too, or this waits forever.
+    ///
     /// # Errors
     /// As [`finish`](Supervisor::finish).
     pub fn wait_tree(mut self) -> Result<AccessLog, TraceError> {

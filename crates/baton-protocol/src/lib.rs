@@ -10,3 +10,4 @@
 
 pub mod exec;
 pub mod jsonrpc;
+pub mod tool;

@@ -73,6 +73,12 @@ impl AccessKind {
         )
     }
 
+    /// Whether this kind only observes the file system (read, stat, readlink, list, exec): the
+    /// candidates for automatic inputs.
+    pub fn is_observation(self) -> bool {
+        !self.is_mutation()
+    }
+
     /// A short lowercase name (`read`, `write`, `stat`, `readlink`, `list`, `exec`, `rename-from`,
     /// `rename-to`, `remove`, `mkdir`).
     pub fn name(self) -> &'static str {
@@ -117,6 +123,11 @@ impl AccessKinds {
     /// Whether any kind in the set changes the file system (see [`AccessKind::is_mutation`]).
     pub fn has_mutation(self) -> bool {
         self.iter().any(AccessKind::is_mutation)
+    }
+
+    /// Whether any kind in the set only observes (see [`AccessKind::is_observation`]).
+    pub fn has_observation(self) -> bool {
+        self.iter().any(AccessKind::is_observation)
     }
 
     /// The kinds in the set, in declaration order.
@@ -281,6 +292,8 @@ mod tests {
         assert!(set.contains(AccessKind::Read));
         assert!(!set.contains(AccessKind::Write));
         assert!(set.has_mutation());
+        assert!(set.has_observation());
+        assert!(!AccessKinds::from_iter([AccessKind::Write]).has_observation());
         assert_eq!(
             set.iter().collect::<Vec<_>>(),
             vec![AccessKind::Read, AccessKind::Remove]

@@ -1,8 +1,16 @@
 //! Whether seccomp user notification can be used by this process.
 
 use std::io;
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
 use std::sync::OnceLock;
 
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
 use libc::c_int;
 
 /// The environment variable that turns tracing off: any value other than empty or `0` makes
@@ -62,16 +70,25 @@ pub fn is_available() -> Result<(), Unavailable> {
     if std::env::var_os(DISABLE_ENV).is_some_and(|v| !v.is_empty() && v != "0") {
         return Err(Unavailable::Disabled);
     }
-    if !cfg!(all(
+    #[cfg(all(
         target_os = "linux",
         any(target_arch = "x86_64", target_arch = "aarch64")
-    )) {
-        return Err(Unavailable::UnsupportedPlatform);
+    ))]
+    {
+        static PROBE: OnceLock<Result<(), Unavailable>> = OnceLock::new();
+        PROBE.get_or_init(probe).clone()
     }
-    static PROBE: OnceLock<Result<(), Unavailable>> = OnceLock::new();
-    PROBE.get_or_init(probe).clone()
+    #[cfg(not(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    )))]
+    Err(Unavailable::UnsupportedPlatform)
 }
 
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
 fn kernel_release() -> Option<String> {
     // SAFETY: zeroed utsname is valid; uname fills it.
     let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
@@ -89,6 +106,13 @@ fn kernel_release() -> Option<String> {
 }
 
 /// Parses the leading `MAJOR.MINOR` of a kernel release string.
+#[cfg_attr(
+    not(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    )),
+    allow(dead_code, reason = "only the Linux probe checks the kernel version")
+)]
 fn parse_version(release: &str) -> Option<(u32, u32)> {
     let mut parts = release.split(|c: char| !c.is_ascii_digit());
     let major = parts.next()?.parse().ok()?;
@@ -96,6 +120,10 @@ fn parse_version(release: &str) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
 fn probe() -> Result<(), Unavailable> {
     if let Some(release) = kernel_release()
         && let Some(version) = parse_version(&release)
@@ -152,6 +180,10 @@ fn probe() -> Result<(), Unavailable> {
     }
 }
 
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
 fn errno() -> i32 {
     io::Error::last_os_error()
         .raw_os_error()
@@ -159,6 +191,10 @@ fn errno() -> i32 {
 }
 
 /// Exit codes carry the errno (all errno values are below 256); 0 is reserved for success.
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
 fn exit_code(errno: i32) -> c_int {
     if (1..256).contains(&errno) {
         errno

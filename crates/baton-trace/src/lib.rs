@@ -55,10 +55,6 @@
 //! resolved correctly. `fstat` on an open fd (`newfstatat`/`statx` with `AT_EMPTY_PATH`) is not
 //! traced; its file was recorded when it was opened.
 
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
 mod avail;
 #[cfg(all(
     target_os = "linux",
@@ -71,17 +67,22 @@ mod child;
 ))]
 mod filter;
 mod log;
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
 mod path;
 #[cfg(all(
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
 mod supervisor;
-
-#[cfg(all(
+#[cfg(not(all(
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")
-))]
+)))]
+mod unsupported;
+
 pub use avail::{DISABLE_ENV, MIN_KERNEL, Unavailable, is_available};
 #[cfg(all(
     target_os = "linux",
@@ -94,6 +95,11 @@ pub use log::{AccessKind, AccessKinds, AccessLog, NetworkAccess, Unresolved};
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
 pub use supervisor::Supervisor;
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+pub use unsupported::{ChildHook, Supervisor};
 
 #[cfg(all(
     target_os = "linux",
@@ -102,10 +108,6 @@ pub use supervisor::Supervisor;
 use std::os::fd::{FromRawFd, OwnedFd};
 
 /// Errors of setting up or running a trace.
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
     /// Tracing cannot be used here; run the command untraced (and uncached) instead.
@@ -139,12 +141,24 @@ pub enum TraceError {
 /// # Errors
 /// [`TraceError::Unavailable`] with the reason when tracing cannot work here (the caller should run
 /// the command untraced), [`TraceError::Setup`] when an OS resource could not be created.
+pub fn start() -> Result<(ChildHook, Supervisor), TraceError> {
+    is_available()?;
+    start_supported()
+}
+
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+fn start_supported() -> Result<(ChildHook, Supervisor), TraceError> {
+    Err(TraceError::Unavailable(Unavailable::UnsupportedPlatform))
+}
+
 #[cfg(all(
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
-pub fn start() -> Result<(ChildHook, Supervisor), TraceError> {
-    is_available()?;
+fn start_supported() -> Result<(ChildHook, Supervisor), TraceError> {
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: `fds` is a valid out-array of two ints.
     let r = unsafe {

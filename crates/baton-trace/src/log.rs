@@ -247,6 +247,13 @@ impl AccessLog {
         self.notifications
     }
 
+    #[cfg_attr(
+        not(all(
+            target_os = "linux",
+            any(target_arch = "x86_64", target_arch = "aarch64")
+        )),
+        allow(dead_code, reason = "only the Linux supervisor records")
+    )]
     pub(crate) fn record_connect(&mut self, addr: SocketAddr) {
         let access = NetworkAccess::new(addr);
         if !self.network.contains(&access) {
@@ -258,12 +265,26 @@ impl AccessLog {
 /// Collects an [`AccessLog`] on the supervisor thread: paths go into a hash map keyed by their raw
 /// bytes (comparing `Path`s component by component in a `BTreeMap` was the supervisor's hottest
 /// code) and are sorted once at the end.
+#[cfg_attr(
+    not(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    )),
+    allow(dead_code, reason = "only the Linux supervisor records")
+)]
 #[derive(Default)]
 pub(crate) struct Recorder {
     paths: HashMap<OsString, AccessKinds>,
     pub(crate) log: AccessLog,
 }
 
+#[cfg_attr(
+    not(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    )),
+    allow(dead_code, reason = "only the Linux supervisor records")
+)]
 impl Recorder {
     pub(crate) fn record(&mut self, path: PathBuf, kind: AccessKind) {
         self.paths

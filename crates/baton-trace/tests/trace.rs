@@ -1,5 +1,9 @@
 //! Integration tests: real processes (shells, coreutils, a statically linked Rust binary) traced
-//! through seccomp user notification.
+//! through seccomp user notification. Linux only.
+#![cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
 
 use std::ffi::OsStr;
 use std::os::unix::process::CommandExt;

@@ -49,6 +49,15 @@ pub enum Unavailable {
         /// The `errno` of the failed `prctl`/`seccomp` call.
         errno: i32,
     },
+    /// Yama (`/proc/sys/kernel/yama/ptrace_scope`) forbids reading the memory of child processes
+    /// (scope 3, or scope 2 without `CAP_SYS_PTRACE`), so no path argument could be read.
+    #[error(
+        "file-access tracing unavailable: kernel.yama.ptrace_scope={scope} forbids reading child process memory"
+    )]
+    MemoryReadDenied {
+        /// The `ptrace_scope` value.
+        scope: u8,
+    },
     /// The probe itself could not run (`fork` or `waitpid` failed).
     #[error("file-access tracing unavailable: probe failed ({})", io::Error::from_raw_os_error(*errno))]
     ProbeFailed {
@@ -59,8 +68,9 @@ pub enum Unavailable {
 
 /// Reports whether tracing ([`start`](crate::start)) can work here, with a reason if not.
 ///
-/// Checks, in order: [`DISABLE_ENV`] (read on every call), the platform, the kernel version, and
-/// then (once per process, cached) a probe: a forked child sets `no_new_privs` and installs an
+/// Checks, in order: [`DISABLE_ENV`] (read on every call), the platform, and then once per
+/// process (cached) the kernel version, Yama's `ptrace_scope`, and a probe: a forked child sets
+/// `no_new_privs` and installs an
 /// allow-all filter with `SECCOMP_FILTER_FLAG_NEW_LISTENER`, which fails with `EBUSY` when an
 /// ancestor already holds a listener and with `EPERM`/`EACCES`/`ENOSYS` when seccomp is denied.
 ///
@@ -105,6 +115,40 @@ fn kernel_release() -> Option<String> {
     Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
+/// Whether Yama's `ptrace_scope` stops a process from reading its own children's memory
+/// (`process_vm_readv` needs `PTRACE_MODE_ATTACH`): scope 0 and 1 allow it for descendants,
+/// 2 only with `CAP_SYS_PTRACE`, 3 never.
+#[cfg_attr(
+    not(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    )),
+    allow(dead_code, reason = "only the Linux probe checks Yama")
+)]
+fn yama_denies(scope: u8, cap_sys_ptrace: bool) -> bool {
+    match scope {
+        0 | 1 => false,
+        2 => !cap_sys_ptrace,
+        _ => true,
+    }
+}
+
+/// Whether the `CapEff` line of a `/proc/PID/status` text has `CAP_SYS_PTRACE` (bit 19).
+#[cfg_attr(
+    not(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    )),
+    allow(dead_code, reason = "only the Linux probe checks Yama")
+)]
+fn has_cap_sys_ptrace(status: &str) -> bool {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << 19) != 0)
+}
+
 /// Parses the leading `MAJOR.MINOR` of a kernel release string.
 #[cfg_attr(
     not(all(
@@ -130,6 +174,13 @@ fn probe() -> Result<(), Unavailable> {
         && version < MIN_KERNEL
     {
         return Err(Unavailable::KernelTooOld { release });
+    }
+    let scope = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope").ok();
+    let status = std::fs::read_to_string("/proc/self/status").ok();
+    if let Some(scope) = scope.as_deref().and_then(|s| s.trim().parse::<u8>().ok())
+        && yama_denies(scope, status.as_deref().is_some_and(has_cap_sys_ptrace))
+    {
+        return Err(Unavailable::MemoryReadDenied { scope });
     }
     let program = crate::filter::allow_all_program();
     let prog = libc::sock_fprog {
@@ -213,6 +264,18 @@ mod tests {
         assert_eq!(parse_version("5.4.0-150-generic"), Some((5, 4)));
         assert_eq!(parse_version("garbage"), None);
         assert!(parse_version("5.4.0").expect("parses") < MIN_KERNEL);
+    }
+
+    #[test]
+    fn yama_scopes() {
+        assert!(!yama_denies(0, false));
+        assert!(!yama_denies(1, false));
+        assert!(yama_denies(2, false));
+        assert!(!yama_denies(2, true));
+        assert!(yama_denies(3, true));
+        assert!(has_cap_sys_ptrace("Name:\tx\nCapEff:\t000001ffffffffff\n"));
+        assert!(!has_cap_sys_ptrace("CapEff:\t0000000000000000\n"));
+        assert!(!has_cap_sys_ptrace("no caps line"));
     }
 
     #[test]

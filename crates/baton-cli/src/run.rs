@@ -135,7 +135,7 @@ pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
     let ws = Arc::new(ws);
     let plan = Arc::new(plan);
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

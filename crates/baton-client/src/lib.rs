@@ -106,8 +106,8 @@ pub struct ClientOptions {
     pub reconnect: ReconnectPolicy,
     /// Largest accepted message in bytes.
     pub max_message_bytes: usize,
-    /// Send paths as `file://` URIs instead of bare absolute paths (both are accepted by
-    /// Baton; pick what the server speaks).
+    /// Send paths as `file://` URIs (default; Baton accepts both dialects and current Codex
+    /// servers accept only URIs) instead of bare absolute paths (older Codex servers).
     pub uri_paths: bool,
 }
 
@@ -121,7 +121,7 @@ impl Default for ClientOptions {
             reorder_window: 4096,
             reconnect: ReconnectPolicy::default(),
             max_message_bytes: 64 * 1024 * 1024,
-            uri_paths: false,
+            uri_paths: true,
         }
     }
 }

@@ -390,15 +390,19 @@ async fn dispatch(
         methods::PROCESS_READ => to_value(read(&inner, &session, parse(params)?).await?),
         methods::PROCESS_WRITE => to_value(write(&session, parse(params)?).await?),
         methods::PROCESS_TERMINATE => {
+            // As in Codex, an unknown (or already forgotten) process is simply not running.
             let p: TerminateParams = parse(params)?;
-            let proc = find(&session, &p.process_id)?;
-            to_value(TerminateResponse {
-                running: proc.process.terminate(),
-            })
+            let running = find(&session, &p.process_id)
+                .map(|proc| proc.process.terminate())
+                .unwrap_or(false);
+            to_value(TerminateResponse { running })
         }
         methods::PROCESS_SIGNAL => {
             let p: SignalParams = parse(params)?;
-            let proc = find(&session, &p.process_id)?;
+            // As in Codex, signalling a process that is gone is not an error.
+            let Ok(proc) = find(&session, &p.process_id) else {
+                return to_value(Empty {});
+            };
             let sig = match p.signal {
                 proto::ProcessSignal::Interrupt => baton_exec::Signal::Interrupt,
                 proto::ProcessSignal::Terminate => baton_exec::Signal::Terminate,
@@ -510,11 +514,11 @@ fn start(
             message.push_str(&format!(": {s}"));
             source = s.source();
         }
+        // A missing working directory is the caller's mistake; a program that cannot be
+        // found or executed is reported as an internal error, as Codex does.
         match e {
-            baton_exec::SpawnError::Resolve(_)
-            | baton_exec::SpawnError::CwdMissing { .. }
-            | baton_exec::SpawnError::CwdNotDirectory { .. }
-            | baton_exec::SpawnError::Exec { .. } => RpcError::invalid_params(message),
+            baton_exec::SpawnError::CwdMissing { .. }
+            | baton_exec::SpawnError::CwdNotDirectory { .. } => RpcError::invalid_params(message),
             _ => RpcError::internal(message),
         }
     })?;

@@ -648,3 +648,83 @@ async fn shutdown_kills_processes_and_closes_connections() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn tty_processes_resize_and_signals() {
+    let f = fixture(|_| {}).await;
+    let (peer, mut rx, _) = session(&f.url).await;
+    // On a pty: stdin is a terminal, output arrives on stream `pty`, resize reaches stty.
+    start(
+        &peer,
+        "t",
+        f.root.path(),
+        &[
+            "sh",
+            "-c",
+            "test -t 0 && echo is-tty; read x; stty size; exit 5",
+        ],
+        json!({"tty": true}),
+    )
+    .await;
+    peer.call_value(
+        "process/resize",
+        json!({"processId": "t", "rows": 33, "cols": 101}),
+    )
+    .await
+    .expect("resize");
+    let w: WriteResponse = peer
+        .call(
+            "process/write",
+            &json!({"processId": "t", "chunk": B64.encode("go\n"), "writeId": "1"}),
+        )
+        .await
+        .expect("write");
+    assert_eq!(w.status, WriteStatus::Accepted);
+    let (out, _, exit) = notes_until_closed(&mut rx, "t").await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("is-tty"), "{text}");
+    assert!(text.contains("33 101"), "{text}");
+    assert_eq!(exit, 5);
+    // Resizing a pipe process is invalid.
+    start(&peer, "pipe", f.root.path(), &["sleep", "30"], json!({})).await;
+    let r = peer
+        .call_value(
+            "process/resize",
+            json!({"processId": "pipe", "rows": 1, "cols": 1}),
+        )
+        .await;
+    assert_eq!(code(r), -32602);
+    // interrupt reaches the group: a shell trap sees SIGINT.
+    start(
+        &peer,
+        "trap",
+        f.root.path(),
+        &[
+            "sh",
+            "-c",
+            "trap 'echo got-int; exit 9' INT; echo ready; while :; do sleep 0.05; done",
+        ],
+        json!({}),
+    )
+    .await;
+    loop {
+        let (method, p) = tokio::time::timeout(T, rx.recv())
+            .await
+            .expect("in time")
+            .expect("open");
+        if method == "process/output" && p["processId"] == "trap" {
+            break;
+        }
+    }
+    peer.call_value(
+        "process/signal",
+        json!({"processId": "trap", "signal": "interrupt"}),
+    )
+    .await
+    .expect("signal");
+    let (out, exit, _) = read_all(&peer, "trap", 0).await;
+    assert_eq!(
+        (String::from_utf8_lossy(&out).into_owned().as_str(), exit),
+        ("ready\ngot-int\n", Some(9_i32))
+    );
+}

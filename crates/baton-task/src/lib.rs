@@ -15,6 +15,7 @@ pub mod env;
 pub mod error;
 pub mod filter;
 pub mod inputs;
+pub mod ipc;
 pub mod plan;
 pub mod run;
 pub mod workspace;

@@ -128,6 +128,10 @@ async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     } else {
         baton_protocol::exec::WirePath::from_path(&cwd)
     };
+    // Catch Ctrl-C and SIGTERM before the command starts, so none is missed.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let id = format!("exec-{}", std::process::id());
     let mut process = client
         .start(StartParams {
@@ -176,13 +180,6 @@ async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let sig_client = client.clone();
     let sig_id = process.id().clone();
     tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut int), Ok(mut term)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) else {
-            return;
-        };
         let mut interrupts = 0;
         loop {
             tokio::select! {

@@ -75,6 +75,11 @@ pub struct RunArgs {
     #[arg(short, long)]
     pub verbose: bool,
 
+    /// Do not trace task processes: inputs fall back to the package's files (minus
+    /// `.gitignore`), and tasks without `output` globs are not cached. Also `BATON_TRACE_DISABLE=1`.
+    #[arg(long)]
+    pub no_trace: bool,
+
     /// Cache directory [default: `.baton/cache` at the workspace root].
     #[arg(long, env = "BATON_CACHE_DIR", value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
@@ -128,6 +133,7 @@ pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
         cache_dir,
         force_color: style.color,
         parent_env: baton_task::env::parent_env(),
+        trace: !args.no_trace,
     };
     let ids: Vec<String> = plan.tasks.iter().map(|t| t.id.clone()).collect();
     let total = plan.tasks.len();

@@ -254,3 +254,32 @@ fn stdio_server_eof_kills_its_processes() {
     assert_eq!(status.code(), Some(0));
     wait_until("the process to die", || !alive(pid));
 }
+
+#[test]
+fn exec_forwards_ctrl_c_as_an_interrupt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = baton(
+        &[
+            "exec",
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo got-int; exit 9' INT; echo ready; while :; do sleep 0.05; done",
+        ],
+        dir.path(),
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .spawn()
+    .expect("spawn");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("ready");
+    assert_eq!(line, "ready\n");
+    // SAFETY: plain kill(2) on a child we spawned.
+    assert_eq!(unsafe { libc_kill(child.id() as i32, 2) }, 0);
+    line.clear();
+    stdout.read_line(&mut line).expect("reply");
+    assert_eq!(line, "got-int\n");
+    assert_eq!(wait_exit(&mut child).code(), Some(9));
+}

@@ -42,26 +42,38 @@ fn chain() -> Fixture {
 
 #[test]
 fn cold_hit_restore_and_change() {
+    cold_hit_restore_and_change_in("chain", &[]);
+}
+
+/// The same without tracing: inputs are the package files, outputs the `output` globs, and a
+/// dependency's output and cache key are inputs of its dependents.
+#[test]
+fn cold_hit_restore_and_change_untraced() {
+    cold_hit_restore_and_change_in("chain_untraced", &[("BATON_TRACE_DISABLE", "1")]);
+}
+
+fn cold_hit_restore_and_change_in(name: &str, env: &[(&str, &str)]) {
     let f = chain();
-    let cold = f.baton(&["run", "build", "-r", "--concurrency", "1"]);
-    insta::assert_snapshot!("chain_cold", cold.snapshot());
+    let run = |args: &[&str]| f.baton_in("", args, env);
+    let cold = run(&["run", "build", "-r", "--concurrency", "1"]);
+    insta::assert_snapshot!(format!("{name}_cold"), cold.snapshot());
     assert_eq!(f.read("packages/c/dist/c.txt"), "A\nB\nC\n");
 
-    let hit = f.baton(&["run", "build", "-r", "--concurrency", "1"]);
-    insta::assert_snapshot!("chain_hit", hit.snapshot());
+    let hit = run(&["run", "build", "-r", "--concurrency", "1"]);
+    insta::assert_snapshot!(format!("{name}_hit"), hit.snapshot());
 
     // Outputs deleted: a hit restores them byte for byte.
     std::fs::remove_dir_all(f.root().join("packages/b/dist")).unwrap();
     std::fs::remove_dir_all(f.root().join("packages/c/dist")).unwrap();
-    let restored = f.baton(&["run", "build", "-r", "--concurrency", "1", "-v"]);
-    insta::assert_snapshot!("chain_restored", restored.snapshot());
+    let restored = run(&["run", "build", "-r", "--concurrency", "1", "-v"]);
+    insta::assert_snapshot!(format!("{name}_restored"), restored.snapshot());
     assert_eq!(f.read("packages/b/dist/b.txt"), "A\nB\n");
     assert_eq!(f.read("packages/c/dist/c.txt"), "A\nB\nC\n");
 
     // One source changed: that package and its dependents miss, naming the file; d hits.
     f.write("packages/a/src/a.txt", "A2\n");
-    let changed = f.baton(&["run", "build", "-r", "--concurrency", "1"]);
-    insta::assert_snapshot!("chain_changed", changed.snapshot());
+    let changed = run(&["run", "build", "-r", "--concurrency", "1"]);
+    insta::assert_snapshot!(format!("{name}_changed"), changed.snapshot());
     assert_eq!(f.read("packages/c/dist/c.txt"), "A2\nB\nC\n");
 }
 

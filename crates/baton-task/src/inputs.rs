@@ -125,6 +125,24 @@ impl FileSelection {
         out
     }
 
+    /// Files matching the explicit positive `input` globs only (no automatic inputs).
+    pub fn glob_inputs(&self, root: &Path, pkg_dir: &Path, skip_dirs: &[&Path]) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(inc) = &self.include {
+            walk(root, pkg_dir, skip_dirs, None, &mut |rel_pkg, rel_root| {
+                if inc.is_match(rel_pkg) && !self.is_excluded(rel_pkg) {
+                    out.push(rel_root);
+                }
+            });
+        }
+        out
+    }
+
+    /// Whether `rel_pkg` (relative to the package) is excluded by a `!glob`.
+    pub fn excludes(&self, rel_pkg: &str) -> bool {
+        self.is_excluded(rel_pkg)
+    }
+
     /// Output files present now under the package, relative to `root`.
     pub fn outputs(&self, root: &Path, pkg_dir: &Path, skip_dirs: &[&Path]) -> Vec<String> {
         let mut out = Vec::new();

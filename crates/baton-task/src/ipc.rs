@@ -41,7 +41,7 @@ use crate::env::env_pattern_matches;
 /// `@voidzero-dev/vite-task-client` runtime contract). Write it with [`write_node_client`].
 pub const NODE_CLIENT_SOURCE: &str = include_str!("../../../packages/tool-client/index.cjs");
 
-/// How long a connection that is still open when [`IpcServer::finish`] is called may stay idle
+/// How long a connection that is still open when [`IpcServer::finish`] is called is served
 /// before it is closed (a leaked background process holding the socket).
 const DRAIN_GRACE: Duration = Duration::from_millis(250);
 
@@ -74,8 +74,9 @@ pub enum IpcError {
     },
 }
 
-/// One env pattern a tool asked for with `getEnvs(…, {tracked: true})`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One env pattern a tool asked for with `getEnvs(…, {tracked: true})`. `Debug` shows value
+/// lengths, not values.
+#[derive(Clone, PartialEq, Eq)]
 pub struct TrackedEnvPattern {
     /// The pattern, in the cache's terms (`Glob` or `Prefix`).
     pub pattern: EnvPattern,
@@ -87,8 +88,8 @@ pub struct TrackedEnvPattern {
 /// What the tools of one task run reported (the result of [`IpcServer::finish`]).
 ///
 /// Values are env secrets: keep them in memory, put only digests in the cache
-/// ([`ToolReports::record_env_inputs`] does).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// ([`ToolReports::record_env_inputs`] does). `Debug` shows value lengths, not values.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct ToolReports {
     /// Paths whose reads must not become automatic inputs (absolute, lexically normalised, as
     /// the tool gave them; symlinks not resolved). A path covers everything under it
@@ -154,6 +155,50 @@ impl ToolReports {
                 .collect();
             fp.insert(p.pattern.input_key(), p.pattern.state(&env));
         }
+    }
+}
+
+/// Env values as `<N bytes>` / `unset`, for `Debug` output that may end up in logs.
+struct Redacted<'a>(Option<&'a [u8]>);
+
+impl std::fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(v) => write!(f, "<{} bytes>", v.len()),
+            None => f.write_str("unset"),
+        }
+    }
+}
+
+impl std::fmt::Debug for TrackedEnvPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let matches: BTreeMap<&str, Redacted<'_>> = self
+            .matches
+            .iter()
+            .map(|(n, v)| (n.as_str(), Redacted(Some(v))))
+            .collect();
+        f.debug_struct("TrackedEnvPattern")
+            .field("pattern", &self.pattern)
+            .field("matches", &matches)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for ToolReports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tracked: BTreeMap<&str, Redacted<'_>> = self
+            .tracked_env
+            .iter()
+            .map(|(n, v)| (n.as_str(), Redacted(v.as_deref())))
+            .collect();
+        f.debug_struct("ToolReports")
+            .field("ignored_inputs", &self.ignored_inputs)
+            .field("ignored_outputs", &self.ignored_outputs)
+            .field("disable_cache", &self.disable_cache)
+            .field("tracked_env", &tracked)
+            .field("tracked_env_patterns", &self.tracked_env_patterns)
+            .field("protocol_error", &self.protocol_error)
+            .finish()
     }
 }
 
@@ -326,8 +371,9 @@ impl IpcServer {
         ]
     }
 
-    /// Stops accepting, serves what open connections already sent (a connection idle for
-    /// 250 ms after this call is closed), removes the socket directory and returns the reports.
+    /// Stops accepting, serves what connections (open or still in the backlog) already sent —
+    /// each gets 250 ms after this call, then is closed — removes the socket directory and
+    /// returns the reports.
     /// Call it after the task's process tree has exited.
     pub async fn finish(mut self) -> ToolReports {
         let _ = self.shutdown.send(true);
@@ -405,7 +451,18 @@ async fn accept_loop(
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
-    drop(listener);
+    // Connections still in the backlog were made by processes of the run (which has ended):
+    // serve what they sent too.
+    if let Ok(listener) = listener.into_std() {
+        while let Ok((stream, _)) = listener.accept() {
+            let stream = stream
+                .set_nonblocking(true)
+                .and_then(|()| UnixStream::from_std(stream));
+            if let Ok(stream) = stream {
+                conns.spawn(serve_connection(stream, shared.clone(), shutdown.clone()));
+            }
+        }
+    }
     while conns.join_next().await.is_some() {}
 }
 
@@ -426,15 +483,19 @@ async fn serve_connection(
     };
     let mut conn = Conn { peer, hello: false };
     let (read, mut write) = stream.into_split();
+    let mut peer_gone = false;
     let mut reader = BufReader::new(read);
     let mut buf = Vec::new();
-    let mut draining = *shutdown.borrow();
+    // Once the run is over, the connection gets DRAIN_GRACE in all to deliver what is left.
+    let mut drain_deadline = shutdown
+        .borrow()
+        .then(|| tokio::time::Instant::now() + DRAIN_GRACE);
     loop {
         // `read_until` keeps partial bytes in `buf` when cancelled, so selecting is safe.
         let limit = (MAX_LINE_BYTES + 1).saturating_sub(buf.len()) as u64;
         let mut limited = (&mut reader).take(limit);
-        let result = if draining {
-            match tokio::time::timeout(DRAIN_GRACE, limited.read_until(b'\n', &mut buf)).await {
+        let result = if let Some(deadline) = drain_deadline {
+            match tokio::time::timeout_at(deadline, limited.read_until(b'\n', &mut buf)).await {
                 Ok(r) => r,
                 Err(_) => return,
             }
@@ -442,7 +503,7 @@ async fn serve_connection(
             tokio::select! {
                 r = limited.read_until(b'\n', &mut buf) => r,
                 _ = shutdown.changed() => {
-                    draining = true;
+                    drain_deadline = Some(tokio::time::Instant::now() + DRAIN_GRACE);
                     continue;
                 }
             }
@@ -469,7 +530,12 @@ async fn serve_connection(
             continue;
         }
         let (resp, close) = handle_line(&shared, &mut conn, line);
-        if send(&mut write, &resp).await.is_err() || close || eof {
+        // A client that wrote its requests and left can no longer be answered, but what it
+        // sent still counts: keep reading until EOF.
+        if !peer_gone && send(&mut write, &resp).await.is_err() {
+            peer_gone = true;
+        }
+        if close || eof {
             return;
         }
     }
@@ -665,6 +731,26 @@ mod tests {
         assert!(r.ignores_input(Path::new("/w/node_modules/.cache/x/y")));
         assert!(!r.ignores_input(Path::new("/w/node_modules/.cachex")));
         assert!(!r.ignores_output(Path::new("/w/node_modules/.cache")));
+    }
+
+    #[test]
+    fn debug_output_hides_env_values() {
+        let mut r = ToolReports::default();
+        r.tracked_env
+            .insert("TOKEN".into(), Some(b"hunter2".to_vec()));
+        r.tracked_env.insert("GONE".into(), None);
+        r.tracked_env_patterns.push(TrackedEnvPattern {
+            pattern: EnvPattern::Glob("API_*".into()),
+            matches: BTreeMap::from([("API_KEY".to_owned(), b"s3cret".to_vec())]),
+        });
+        let text = format!("{r:?}");
+        assert!(
+            !text.contains("hunter2") && !text.contains("s3cret"),
+            "{text}"
+        );
+        assert!(text.contains("\"TOKEN\": <7 bytes>"), "{text}");
+        assert!(text.contains("\"GONE\": unset"), "{text}");
+        assert!(text.contains("\"API_KEY\": <6 bytes>"), "{text}");
     }
 
     #[test]

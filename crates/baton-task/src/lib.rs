@@ -18,6 +18,7 @@ pub mod inputs;
 pub mod ipc;
 pub mod plan;
 pub mod run;
+pub mod traced;
 pub mod workspace;
 
 pub use error::{LoadError, PlanError};

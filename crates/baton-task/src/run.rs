@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use baton_cache::{
     CacheStore, CurrentInputs, Digest, EnvFingerprint, InputFingerprint, LogChunk, Lookup,
-    MissReason, NewEntry, PathState, SpawnFingerprint, fingerprint_paths,
+    MissReason, NewEntry, PathState, Probe, SpawnFingerprint, fingerprint_paths,
 };
 use baton_exec::{CommandSpec, ProcessEvent, SpawnOptions, StdinMode, Stream};
 use tokio::sync::{Notify, mpsc};
@@ -30,6 +30,7 @@ use tokio::sync::{Notify, mpsc};
 use crate::env::{EnvKeyPart, TaskEnv};
 use crate::inputs::{FileSelection, IgnoreCache};
 use crate::plan::{Plan, PlannedTask};
+use crate::traced::{TracedAccesses, classify};
 use crate::workspace::{Workspace, rel_slash};
 
 /// How a task item relates to the cache.
@@ -180,6 +181,8 @@ pub struct RunOptions {
     pub force_color: bool,
     /// The parent environment the task environments are built from.
     pub parent_env: Vec<(OsString, OsString)>,
+    /// Trace task processes to find inputs and outputs (when the platform allows it).
+    pub trace: bool,
 }
 
 /// Cancels a run from outside (Ctrl-C): running process groups are killed, nothing new starts.
@@ -250,6 +253,8 @@ struct Shared {
     nested: Vec<Vec<PathBuf>>,
     /// `.gitignore` matchers, shared by every task's input walk.
     ignores: IgnoreCache,
+    /// Per task: how inputs are found, or why the task cannot be cached.
+    modes: Vec<Result<InputMode, String>>,
     /// External cancellation (Ctrl-C).
     cancel: CancelHandle,
     /// Stops everything: set on cancellation and, under fail-fast, after the first failure.
@@ -317,6 +322,22 @@ pub async fn run_plan(
                 .collect()
         })
         .collect();
+    let tracing = if opts.trace {
+        baton_trace::is_available().map_err(|e| e.to_string())
+    } else {
+        Err("tracing turned off (BATON_TRACE_DISABLE or --no-trace)".to_owned())
+    };
+    let modes: Vec<Result<InputMode, String>> = selections
+        .iter()
+        .map(|sel| match (&tracing, sel.auto(), sel.has_outputs()) {
+            (_, false, _) => Ok(InputMode::Walked),
+            (Ok(()), true, _) => Ok(InputMode::Traced),
+            (Err(_), true, true) => Ok(InputMode::Walked),
+            (Err(why), true, false) => Err(format!(
+                "file access tracing is unavailable ({why}); declare `output` globs to cache this task without it"
+            )),
+        })
+        .collect();
     let store = if opts.use_cache && plan.tasks.iter().any(|t| t.config.cache != Some(false)) {
         let dir = opts.cache_dir.clone();
         let s = tokio::task::spawn_blocking(move || CacheStore::open(&dir))
@@ -339,6 +360,7 @@ pub async fn run_plan(
         selections,
         nested,
         ignores: IgnoreCache::new(),
+        modes,
         cancel: cancel.clone(),
         stop: CancelHandle::new(),
     });
@@ -444,6 +466,17 @@ pub async fn run_plan(
     Ok(summary)
 }
 
+/// How a task's inputs and outputs are found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InputMode {
+    /// The process tree is traced: inputs are the files it observed, outputs the files it wrote
+    /// (unless `output` globs are configured), plus any explicit `input` globs.
+    Traced,
+    /// No tracing: inputs are the package's files (minus `.gitignore`) or the `input` globs, plus
+    /// the outputs and cache keys of the tasks depended on; outputs come from `output` globs.
+    Walked,
+}
+
 /// Runs one task.
 ///
 /// Every item is looked up first. When all hit, each is replayed (outputs restored, logs shown).
@@ -456,15 +489,18 @@ async fn run_task(
     deps: Vec<TaskOutcome>,
 ) -> (TaskOutcome, Vec<ItemResult>) {
     let task = &sh.plan.tasks[index];
+    let mode = sh.modes[index].clone();
     let mut dep_inputs = DepInputs::default();
-    for d in &deps {
-        dep_inputs.files.extend(d.outputs.iter().cloned());
-        // The stamp covers the dependency's own inputs, which include its dependencies'
-        // stamps: a change anywhere upstream reaches every dependent, even one that only
-        // sees it through a bundle. It sorts after file paths, so a miss names a file first.
-        dep_inputs
-            .stamps
-            .push((format!("{DEP_PREFIX}{}", d.id), d.stamp));
+    if mode == Ok(InputMode::Walked) {
+        for d in &deps {
+            dep_inputs.files.extend(d.outputs.iter().cloned());
+            // The stamp covers the dependency's own inputs, which include its dependencies'
+            // stamps: a change anywhere upstream reaches every dependent, even one that only
+            // sees it through a bundle. It sorts after file paths, so a miss names a file first.
+            dep_inputs
+                .stamps
+                .push((format!("{DEP_PREFIX}{}", d.id), d.stamp));
+        }
     }
     dep_inputs.files.sort();
     dep_inputs.files.dedup();
@@ -473,7 +509,7 @@ async fn run_task(
     let preps: Vec<Prepared> = (0..task.items.len())
         .map(|i| prepare(sh, task, i))
         .collect();
-    let cacheable = sh.store.is_some() && task.config.cache != Some(false);
+    let cacheable = sh.store.is_some() && task.config.cache != Some(false) && mode.is_ok();
 
     // Phase 1: look every item up.
     let mut lookups: Vec<Lookup> = Vec::new();
@@ -484,24 +520,36 @@ async fn run_task(
     if cacheable {
         let sh2 = sh.clone();
         let deps2 = dep_inputs.clone();
+        let traced = mode == Ok(InputMode::Traced);
         let keys: Vec<(String, SpawnFingerprint)> = preps
             .iter()
             .map(|p| (p.task_key.clone(), p.spawn.clone()))
             .collect();
         let looked = tokio::task::spawn_blocking(move || {
             let task = &sh2.plan.tasks[index];
-            let paths = input_paths(&sh2, task, &deps2);
+            let paths = input_paths(&sh2, task, &deps2, traced);
             let fp = fingerprint_inputs(&sh2, &paths, &deps2);
             let store = sh2.store.as_ref().expect("cacheable implies a store");
+            let probe_fn = |paths: &[&str]| store.fingerprint_paths(&sh2.ws.root, paths);
             let res: Result<Vec<Lookup>, String> = match &fp {
-                Ok(fp) => keys
-                    .iter()
-                    .map(|(key, spawn)| {
-                        store
-                            .lookup(key, spawn, &CurrentInputs::complete(fp))
-                            .map_err(|e| format!("cache lookup failed: {e}"))
-                    })
-                    .collect(),
+                Ok(fp) => {
+                    let current = if traced {
+                        CurrentInputs {
+                            known: fp,
+                            probe: Probe::With(&probe_fn),
+                            env: None,
+                        }
+                    } else {
+                        CurrentInputs::complete(fp)
+                    };
+                    keys.iter()
+                        .map(|(key, spawn)| {
+                            store
+                                .lookup(key, spawn, &current)
+                                .map_err(|e| format!("cache lookup failed: {e}"))
+                        })
+                        .collect()
+                }
                 Err(e) => Ok(keys
                     .iter()
                     .map(|_| {
@@ -553,17 +601,24 @@ async fn run_task(
     let mut first_to_run = task.items.len();
     let mut restore_failure: Option<String> = None;
     if all_hit {
-        let item_stamp = pre.as_ref().map(|fp| {
-            (0..preps.len())
-                .map(|i| result_stamp(&preps[i].spawn, fp))
-                .collect::<Vec<_>>()
-        });
+        let walked_stamps = match (&mode, &pre) {
+            (Ok(InputMode::Walked), Some(fp)) => Some(
+                preps
+                    .iter()
+                    .map(|p| result_stamp(&p.spawn, fp))
+                    .collect::<Vec<_>>(),
+            ),
+            _ => None,
+        };
         let mut restores = restores.into_iter();
         for (item, lookup) in lookups.drain(..).enumerate() {
             let Lookup::Hit(hit) = lookup else {
                 unreachable!("all_hit checked every lookup")
             };
-            let st = item_stamp.as_ref().map_or_else(fresh_stamp, |s| s[item]);
+            let st = match &walked_stamps {
+                Some(s) => s[item],
+                None => manifest_stamp(&preps[item].spawn, &hit),
+            };
             let restored = restores.next().unwrap_or_else(|| {
                 Err(baton_cache::CacheError::Restore {
                     path: String::new(),
@@ -604,7 +659,9 @@ async fn run_task(
         if sh.stop.is_cancelled() {
             return (TaskOutcome::failed(), results);
         }
-        let status = if !cacheable {
+        let status = if let Err(why) = &mode {
+            CacheStatus::Disabled(why.clone())
+        } else if !cacheable {
             CacheStatus::Disabled(if task.config.cache == Some(false) {
                 "cache: false in config".into()
             } else {
@@ -623,17 +680,15 @@ async fn run_task(
                 )),
             }
         };
-        let (r, post) = run_item(
-            sh,
+        let ctx = ItemContext {
             task,
             item,
             prep,
-            status,
-            pre_item.take(),
-            &input_paths_list,
-            &dep_inputs,
-        )
-        .await;
+            traced: mode == Ok(InputMode::Traced),
+            paths: &input_paths_list,
+            dep_inputs: &dep_inputs,
+        };
+        let (r, post) = run_item(sh, &ctx, status, pre_item.take()).await;
         pre_item = post;
         stamp.update(&r.stamp.0);
         outputs.extend(r.outputs);
@@ -658,6 +713,32 @@ async fn run_task(
         },
         results,
     )
+}
+
+/// A stamp for a traced hit: its spawn key and the outputs it restored.
+fn manifest_stamp(spawn: &SpawnFingerprint, hit: &baton_cache::CachedRun) -> Digest {
+    let mut h = blake3::Hasher::new();
+    h.update(&spawn.spawn_key().0);
+    for o in hit.outputs() {
+        h.update(o.path.as_bytes());
+        match &o.kind {
+            baton_cache::OutputKind::File { hash, .. } => h.update(&hash.0),
+            baton_cache::OutputKind::Symlink { target } => h.update(target.as_bytes()),
+        };
+    }
+    Digest(*h.finalize().as_bytes())
+}
+
+/// What [`run_item`] needs to know about the item.
+struct ItemContext<'a> {
+    task: &'a PlannedTask,
+    item: usize,
+    prep: &'a Prepared,
+    /// Trace the process tree for inputs and outputs.
+    traced: bool,
+    /// Input paths known before the run (globs, package files, dependency outputs).
+    paths: &'a Arc<Vec<String>>,
+    dep_inputs: &'a Arc<DepInputs>,
 }
 
 struct ItemRun {
@@ -767,7 +848,14 @@ fn prepare(sh: &Shared, task: &PlannedTask, item: usize) -> Prepared {
         program: program.clone(),
         args: args.clone(),
         env: env_fp,
-        input_config: serde_json::json!({ "input": task.config.input }),
+        input_config: serde_json::json!({
+            "input": task.config.input,
+            "mode": match &sh.modes[task.index] {
+                Ok(InputMode::Traced) => "traced",
+                Ok(InputMode::Walked) => "walked",
+                Err(_) => "none",
+            },
+        }),
         output_config: serde_json::json!({ "output": task.config.output }),
         command: task.items[item].display(),
     };
@@ -793,10 +881,17 @@ fn prepare(sh: &Shared, task: &PlannedTask, item: usize) -> Prepared {
     }
 }
 
-fn input_paths(sh: &Shared, task: &PlannedTask, deps: &DepInputs) -> Vec<String> {
+/// Input paths known before the run: with tracing only the explicit `input` globs, without it
+/// the package's files (or the globs) and the dependencies' outputs.
+fn input_paths(sh: &Shared, task: &PlannedTask, deps: &DepInputs, traced: bool) -> Vec<String> {
     let pkg = &sh.ws.packages[task.package];
     let nested: Vec<&Path> = sh.nested[task.index].iter().map(PathBuf::as_path).collect();
-    let mut paths = sh.selections[task.index].inputs(&sh.ws.root, &pkg.dir, &nested, &sh.ignores);
+    let sel = &sh.selections[task.index];
+    let mut paths = if traced {
+        sel.glob_inputs(&sh.ws.root, &pkg.dir, &nested)
+    } else {
+        sel.inputs(&sh.ws.root, &pkg.dir, &nested, &sh.ignores)
+    };
     paths.extend(deps.files.iter().cloned());
     paths.sort();
     paths.dedup();
@@ -842,17 +937,19 @@ fn output_paths(sh: &Shared, task: &PlannedTask) -> Vec<String> {
 /// Runs one item for real and, on a cacheable success, stores it. Returns the item's result and
 /// the input fingerprint after it (the next item's "before").
 #[allow(clippy::too_many_arguments)]
+/// Runs one item for real and, on a cacheable success, stores it. Returns the item's result and
+/// the input fingerprint after it (the next item's "before").
 async fn run_item(
     sh: &Arc<Shared>,
-    task: &PlannedTask,
-    item: usize,
-    prep: &Prepared,
+    ctx: &ItemContext<'_>,
     status: CacheStatus,
     pre: Option<InputFingerprint>,
-    paths: &Arc<Vec<String>>,
-    dep_inputs: &Arc<DepInputs>,
 ) -> (ItemRun, Option<InputFingerprint>) {
+    let ItemContext {
+        task, item, prep, ..
+    } = *ctx;
     let started = Instant::now();
+    let started_at = std::time::SystemTime::now();
     sh.reporter.event(RunEvent::ItemStart {
         task: task.index,
         item,
@@ -860,93 +957,173 @@ async fn run_item(
         command: prep.display.clone(),
         status: status.clone(),
     });
+    let globbed_outputs = sh.selections[task.index].has_outputs();
     // With several items, an item's outputs are the matching files it created or changed.
-    let before = (task.items.len() > 1).then(|| output_stats(sh, task));
-    let (exit_code, logs, interrupted) = execute(sh, task, item, prep.spec.clone()).await;
+    let before = (globbed_outputs && task.items.len() > 1).then(|| output_stats(sh, task));
+    let trace = ctx.traced && matches!(status, CacheStatus::Miss(_));
+    let run = execute(sh, task, item, prep.spec.clone(), trace).await;
     let duration = started.elapsed();
     let mut outputs = Vec::new();
     let mut stamp = fresh_stamp();
-    let mut post_fp = None;
-    if exit_code == 0 && !interrupted {
+    if run.exit_code != 0 || run.interrupted {
+        return (item_run(ctx, status, &run, duration, outputs, stamp), None);
+    }
+    if globbed_outputs {
         outputs = output_paths(sh, task);
         if let Some(before) = &before {
             let root = &sh.ws.root;
             outputs.retain(|p| before.get(p) != file_stat(&root.join(p)).as_ref());
         }
-        if let (CacheStatus::Miss(_), Some(pre)) = (&status, pre) {
-            let store = sh.store.clone().expect("miss implies a store");
-            let sh2 = sh.clone();
-            let spawn = prep.spawn.clone();
-            let paths = paths.clone();
-            let deps = dep_inputs.clone();
-            let outs = outputs.clone();
-            let key = prep.task_key.clone();
-            let (note, post, st) = tokio::task::spawn_blocking(move || {
-                let post = fingerprint_inputs(&sh2, &paths, &deps);
-                let post = match post {
-                    Ok(post) => post,
-                    Err(e) => return (Some(format!("not cached: {e}")), None, None),
-                };
-                if post != pre {
-                    let why = pre
-                        .diff(&post)
-                        .map(|r| reason_text(&r))
-                        .unwrap_or_else(|| "inputs changed".into());
+    }
+    let Some(pre) = pre.filter(|_| matches!(status, CacheStatus::Miss(_))) else {
+        return (item_run(ctx, status, &run, duration, outputs, stamp), None);
+    };
+    // What tracing says, or why the result cannot be stored.
+    let mut traced_inputs: Vec<String> = Vec::new();
+    let mut refuse: Option<String> = None;
+    if ctx.traced {
+        match &run.trace {
+            Some(Ok(t)) => {
+                if !globbed_outputs {
+                    outputs = t.outputs.clone();
+                }
+                traced_inputs = t.inputs.clone();
+                if let Some(c) = t.conflicts.first() {
+                    let more = if t.conflicts.len() > 1 {
+                        format!(" (and {} more)", t.conflicts.len() - 1)
+                    } else {
+                        String::new()
+                    };
+                    refuse = Some(format!(
+                        "not cached: the task both read and wrote '{c}'{more}"
+                    ));
+                } else if let Some(addr) = t
+                    .network
+                    .as_ref()
+                    .filter(|_| task.config.cache != Some(true))
+                {
+                    refuse = Some(format!(
+                        "not cached: the task connected to {addr} (a deploy, publish or install?); set \"cache\": true to cache it anyway"
+                    ));
+                } else if t.unresolved > 0 {
+                    refuse = Some(format!(
+                        "not cached: {} file access(es) could not be resolved",
+                        t.unresolved
+                    ));
+                }
+            }
+            Some(Err(e)) => refuse = Some(format!("not cached: tracing failed: {e}")),
+            None => refuse = Some("not cached: the run was not traced".into()),
+        }
+    }
+    if let Some(message) = refuse {
+        sh.reporter.event(RunEvent::Note {
+            task: task.index,
+            item,
+            message,
+        });
+        return (item_run(ctx, status, &run, duration, outputs, stamp), None);
+    }
+    let store = sh.store.clone().expect("a miss implies a store");
+    let sh2 = sh.clone();
+    let spawn = prep.spawn.clone();
+    let paths = ctx.paths.clone();
+    let deps = ctx.dep_inputs.clone();
+    let outs = outputs.clone();
+    let key = prep.task_key.clone();
+    let traced = ctx.traced;
+    let logs = run.logs.clone();
+    let (note, post, st) = tokio::task::spawn_blocking(move || {
+        let post = match fingerprint_inputs(&sh2, &paths, &deps) {
+            Ok(post) => post,
+            Err(e) => return (Some(format!("not cached: {e}")), None, None),
+        };
+        if post != pre {
+            let why = pre
+                .diff(&post)
+                .map(|r| reason_text(&r))
+                .unwrap_or_else(|| "inputs changed".into());
+            return (
+                Some(format!(
+                    "not cached: an input changed during the run ({why})"
+                )),
+                Some(post),
+                None,
+            );
+        }
+        let mut inputs = post.clone();
+        if traced {
+            // Fingerprinted now, after the run; a file changed by someone else while the task
+            // ran would store a state the task never saw, so such a run is not stored.
+            for p in &traced_inputs {
+                let changed = std::fs::symlink_metadata(sh2.ws.root.join(p))
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|m| m > started_at);
+                if changed {
                     return (
-                        Some(format!(
-                            "not cached: an input changed during the run ({why})"
-                        )),
+                        Some(format!("not cached: '{p}' changed while the task ran")),
                         Some(post),
                         None,
                     );
                 }
-                let entry = NewEntry {
-                    task_id: &key,
-                    spawn: &spawn,
-                    inputs: &pre,
-                    root: &sh2.ws.root,
-                    outputs: &outs,
-                    logs: &logs,
-                    duration,
-                };
-                let st = result_stamp(&spawn, &pre);
-                match store.put(&entry) {
-                    Ok(_) => (None, Some(post), Some(st)),
-                    Err(e) => (Some(format!("not cached: {e}")), Some(post), None),
-                }
-            })
-            .await
-            .expect("store does not panic");
-            post_fp = post;
-            if let Some(st) = st {
-                stamp = st;
             }
-            if let Some(message) = note {
-                sh.reporter.event(RunEvent::Note {
-                    task: task.index,
-                    item,
-                    message,
-                });
+            match store.fingerprint_paths(&sh2.ws.root, &traced_inputs) {
+                Ok(fp) => inputs.extend(fp.paths),
+                Err(e) => return (Some(format!("not cached: {e}")), Some(post), None),
             }
         }
+        let entry = NewEntry {
+            task_id: &key,
+            spawn: &spawn,
+            inputs: &inputs,
+            root: &sh2.ws.root,
+            outputs: &outs,
+            logs: &logs,
+            duration,
+        };
+        let st = (!traced).then(|| result_stamp(&spawn, &inputs));
+        match store.put(&entry) {
+            Ok(_) => (None, Some(post), st),
+            Err(e) => (Some(format!("not cached: {e}")), Some(post), None),
+        }
+    })
+    .await
+    .expect("store does not panic");
+    if let Some(st) = st {
+        stamp = st;
     }
-    (
-        ItemRun {
-            result: ItemResult {
-                task: task.index,
-                task_id: task.id.clone(),
-                item,
-                cache: status,
-                exit_code,
-                interrupted,
-                duration,
-                saved: Duration::ZERO,
-            },
-            outputs,
-            stamp,
+    if let Some(message) = note {
+        sh.reporter.event(RunEvent::Note {
+            task: task.index,
+            item,
+            message,
+        });
+    }
+    (item_run(ctx, status, &run, duration, outputs, stamp), post)
+}
+
+fn item_run(
+    ctx: &ItemContext<'_>,
+    status: CacheStatus,
+    run: &Executed,
+    duration: Duration,
+    outputs: Vec<String>,
+    stamp: Digest,
+) -> ItemRun {
+    ItemRun {
+        result: ItemResult {
+            task: ctx.task.index,
+            task_id: ctx.task.id.clone(),
+            item: ctx.item,
+            cache: status,
+            exit_code: run.exit_code,
+            interrupted: run.interrupted,
+            duration,
+            saved: Duration::ZERO,
         },
-        post_fp,
-    )
+        outputs,
+        stamp,
+    }
 }
 
 /// Replays a hit whose outputs were restored: shows the status and the logs.
@@ -1004,15 +1181,50 @@ fn replay(
     }
 }
 
-/// Spawns the item, streams its output to the reporter, records it. Returns (exit code, logs).
+/// What [`execute`] observed.
+struct Executed {
+    exit_code: i32,
+    logs: Vec<LogChunk>,
+    /// Killed by Baton (fail-fast, Ctrl-C).
+    interrupted: bool,
+    /// The traced accesses (when tracing was asked for), or why tracing failed.
+    trace: Option<Result<TracedAccesses, String>>,
+}
+
+/// Spawns the item (traced when asked), streams its output to the reporter, records it.
 async fn execute(
     sh: &Arc<Shared>,
     task: &PlannedTask,
     item: usize,
     spec: CommandSpec,
-) -> (i32, Vec<LogChunk>, bool) {
+    trace: bool,
+) -> Executed {
     let program = spec.program.clone();
-    let process = match baton_exec::spawn(&spec, SpawnOptions::streaming()) {
+    let mut supervisor = None;
+    let mut trace_error = None;
+    let spawned = if trace {
+        match baton_trace::start() {
+            Ok((hook, sup)) => {
+                supervisor = Some(sup);
+                // SAFETY: the hook only makes async-signal-safe system calls (baton-trace's
+                // contract), and baton-exec runs it last in the forked child.
+                unsafe {
+                    baton_exec::spawn_with_pre_exec(
+                        &spec,
+                        SpawnOptions::streaming(),
+                        hook.into_pre_exec(),
+                    )
+                }
+            }
+            Err(e) => {
+                trace_error = Some(e.to_string());
+                baton_exec::spawn(&spec, SpawnOptions::streaming())
+            }
+        }
+    } else {
+        baton_exec::spawn(&spec, SpawnOptions::streaming())
+    };
+    let process = match spawned {
         Ok(p) => p,
         Err(e) => {
             let msg = format!("baton: cannot start {}: {e}\n", program.to_string_lossy());
@@ -1022,7 +1234,15 @@ async fn execute(
                 stream: OutStream::Stderr,
                 bytes: msg.into_bytes(),
             });
-            return (127, Vec::new(), false);
+            if let Some(sup) = supervisor {
+                let _ = tokio::task::spawn_blocking(move || sup.finish()).await;
+            }
+            return Executed {
+                exit_code: 127,
+                logs: Vec::new(),
+                interrupted: false,
+                trace: None,
+            };
         }
     };
     let mut events = process
@@ -1069,5 +1289,31 @@ async fn execute(
         Some(c) => c,
         None => process.wait().await.code_for_shell(),
     };
-    (code, logs, interrupted)
+    // The task is over: whatever is left of its process group goes (no orphans), then the
+    // tracer has seen everything.
+    process.terminate();
+    drop(events);
+    drop(process);
+    let trace = match supervisor {
+        Some(sup) => {
+            let root = sh.ws.root.clone();
+            let exclude = vec![sh.opts.cache_dir.clone()];
+            Some(
+                tokio::task::spawn_blocking(move || {
+                    sup.finish()
+                        .map(|log| classify(&log, &root, &exclude))
+                        .map_err(|e| e.to_string())
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("tracer panicked: {e}"))),
+            )
+        }
+        None => trace_error.map(Err),
+    };
+    Executed {
+        exit_code: code,
+        logs,
+        interrupted,
+        trace,
+    }
 }

@@ -323,6 +323,32 @@ async fn many_clients_at_once() {
 }
 
 #[tokio::test]
+async fn requests_sent_without_waiting_for_answers_are_served_by_finish() {
+    let server = IpcServer::start(parent_env(), vec![]).expect("start");
+    // A fire-and-forget client that has exited before the run ends: its connection may still
+    // be in the listen backlog when finish is called.
+    {
+        let mut s = std::os::unix::net::UnixStream::connect(server.socket_path()).expect("connect");
+        std::io::Write::write_all(
+            &mut s,
+            concat!(
+                r#"{"id":1,"op":"hello","version":1}"#,
+                "\n",
+                r#"{"id":2,"op":"ignoreOutput","path":"/w/.cache"}"#,
+                "\n",
+                r#"{"id":3,"op":"disableCache","reason":"bye"}"#,
+                "\n",
+            )
+            .as_bytes(),
+        )
+        .expect("write");
+    }
+    let reports = server.finish().await;
+    assert!(reports.ignores_output(Path::new("/w/.cache/x")));
+    assert!(reports.disable_cache.expect("recorded").ends_with(": bye"));
+}
+
+#[tokio::test]
 async fn socket_dir_is_private_and_removed_by_finish() {
     let server = IpcServer::start(vec![], vec![]).expect("start");
     let dir = server.socket_path().parent().expect("dir").to_owned();
@@ -607,6 +633,47 @@ async fn js_worker_processes_each_report() {
         .chain((0..6).map(|i| PathBuf::from(format!("/w/worker-{i}"))))
         .collect();
     assert_eq!(reports.ignored_inputs, expected);
+}
+
+/// A tool whose worker threads (not processes) call the client too.
+const JS_THREADS: &str = r#"
+const { Worker, isMainThread, workerData } = require('node:worker_threads');
+const c = require(process.env.BATON_TOOL_CLIENT);
+if (isMainThread) {
+  c.ignoreInput('/w/thread-main');
+  let left = 3;
+  for (let i = 0; i < 3; i++) {
+    new Worker(__filename, { workerData: i }).on('exit', (code) => {
+      if (code !== 0) process.exitCode = 1;
+      if (--left === 0) console.log(c.getEnv('PLAIN', { tracked: false }));
+    });
+  }
+} else {
+  c.ignoreInput(`/w/thread-${workerData}`);
+}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_worker_threads_each_report() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let client = write_node_client(&tmp.path().join("rt")).expect("write client");
+    let server = IpcServer::start(parent_env(), vec![]).expect("start");
+    let (code, stdout, stderr) = node_script(
+        tmp.path(),
+        "threads.js",
+        JS_THREADS,
+        js_env(&server, &client),
+    )
+    .await;
+    assert_eq!(code, 0, "stderr: {stderr}");
+    assert_eq!(stdout, "plain value\n");
+    let reports = server.finish().await;
+    let expected: BTreeSet<PathBuf> = ["main", "0", "1", "2"]
+        .iter()
+        .map(|n| PathBuf::from(format!("/w/thread-{n}")))
+        .collect();
+    assert_eq!(reports.ignored_inputs, expected);
+    assert!(reports.tracked_env.is_empty());
 }
 
 const JS_OUTSIDE: &str = r#"

@@ -1,0 +1,258 @@
+//! Runners: one API for "a workspace somewhere" (DESIGN.md §4).
+//!
+//! A [`RunnerProvider`] creates [`RunnerSession`]s at a [`RunnerDestination`]; a session runs
+//! commands (buffered [`RunnerSession::run_command`] or streaming [`RunnerSession::spawn`] with
+//! stdin and ordered [`RunnerEvent`]s), cancels them (the whole process tree), reads and writes
+//! files under the path rules ([`PathPolicy`]), exposes ports, exports artifacts, takes
+//! snapshots and persists its [`RunnerSessionState`] (no secrets) for
+//! [`RunnerProvider::resume_session`].
+//!
+//! # Providers
+//!
+//! | capability | [`LocalProvider`] (`local`) | [`ExecServerProvider`] (`exec-server`) |
+//! |---|---|---|
+//! | `command_exec` (run, spawn, stdin) | yes (baton-exec) | yes (`process/*`) |
+//! | `cancellation` (tree killed) | yes (process group SIGKILL) | yes (`process/terminate`) |
+//! | `file_read` / `file_write` | yes | yes (`fs/*`, paths checked with remote `realpath -m`) |
+//! | `port_preview` | yes (local TCP proxy) | yes (TCP proxy tunnelled through a `bash` `/dev/tcp` bridge process over the exec-server connection) |
+//! | `snapshots` | yes (tar+zstd, store on this host) | yes (remote `tar` streamed back, zstd here) |
+//! | `artifact_export` | yes | yes |
+//! | `mounts` | none yet | none yet |
+//!
+//! An operation a provider cannot do returns [`RunnerError::Unsupported`], never a no-op (for
+//! example a manifest with mounts).
+//!
+//! # Stores
+//!
+//! Snapshots and artifacts go to content-addressed stores on *this* host ([`RunnerStores`]):
+//! ids are hex BLAKE3 of the stored bytes, so the backend can serve artifacts by id.
+//!
+//! # Secrets
+//!
+//! Destination configs, session state and snapshot metadata are checked with
+//! [`check_no_secrets`]; credentials are [`RunnerSecretRef`]s resolved from
+//! `BATON_SECRET_<ID>` environment variables of the process that uses them.
+
+mod error;
+mod local;
+mod manifest;
+mod paths;
+mod process;
+mod proxy;
+mod secrets;
+mod store;
+mod types;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+pub use error::RunnerError;
+pub use local::{LOCAL_PROVIDER_ID, LocalConfig, LocalProvider};
+pub use paths::{Access, PathPolicy, normalize_lexically, resolve_real};
+pub use process::{CollectedOutput, RunnerProcess};
+pub use secrets::{SECRET_KEY_FRAGMENTS, check_no_secrets};
+pub use store::{
+    ContentStore, RunnerStores, ZSTD_LEVEL, compress, decompress, tar_dir, untar_into,
+};
+pub use types::*;
+
+/// Creates and resumes sessions at destinations of one kind.
+#[async_trait]
+pub trait RunnerProvider: Send + Sync + 'static {
+    /// The provider id (`"local"`, `"exec-server"`); matches [`RunnerDestination::provider_id`].
+    fn id(&self) -> RunnerProviderId;
+
+    /// What sessions of this provider can do.
+    fn capabilities(&self) -> RunnerCapabilities;
+
+    /// Setup guidance when the provider needs configuration; names only documented environment
+    /// variables, never values. `None`: nothing to set up.
+    fn setup_hint(&self) -> Option<String> {
+        None
+    }
+
+    /// Checks a destination's config without creating anything remote.
+    ///
+    /// # Errors
+    /// [`RunnerError::InvalidDestination`] (wrong provider, bad config),
+    /// [`RunnerError::SecretInMetadata`] (a secret value in the config).
+    async fn validate_destination(
+        &self,
+        destination: &RunnerDestination,
+    ) -> Result<(), RunnerError>;
+
+    /// Creates a session: resolves/creates the workspace, copies the destination's default
+    /// manifest in.
+    ///
+    /// # Errors
+    /// As [`RunnerProvider::validate_destination`], plus connection, I/O and
+    /// [`RunnerError::Unsupported`] (mounts) errors.
+    async fn create_session(
+        &self,
+        destination: RunnerDestination,
+    ) -> Result<Arc<dyn RunnerSession>, RunnerError>;
+
+    /// Creates a session whose workspace starts as the contents of `snapshot` (restored into
+    /// the workspace before the manifest is applied).
+    ///
+    /// # Errors
+    /// As [`RunnerProvider::create_session`], plus [`RunnerError::NotInStore`].
+    async fn create_session_from_snapshot(
+        &self,
+        destination: RunnerDestination,
+        snapshot: RunnerSnapshotRef,
+    ) -> Result<Arc<dyn RunnerSession>, RunnerError>;
+
+    /// Reattaches to a session from its persisted [`RunnerSessionState`].
+    ///
+    /// # Errors
+    /// [`RunnerError::InvalidDestination`] for a state of another provider or with bad
+    /// metadata; connection errors.
+    async fn resume_session(
+        &self,
+        state: RunnerSessionState,
+    ) -> Result<Arc<dyn RunnerSession>, RunnerError>;
+}
+
+/// A workspace somewhere, and the commands running in it.
+#[async_trait]
+pub trait RunnerSession: Send + Sync + 'static {
+    /// Persistable, secret-free state for [`RunnerProvider::resume_session`].
+    fn state(&self) -> RunnerSessionState;
+
+    /// The provider's capabilities.
+    fn capabilities(&self) -> RunnerCapabilities;
+
+    /// The resolved path rules (workspace root and read roots on the runner).
+    fn paths(&self) -> &PathPolicy;
+
+    /// Starts a command with piped stdin; its events arrive in seq order on the returned
+    /// [`RunnerProcess`].
+    ///
+    /// # Errors
+    /// [`RunnerError::AccessDenied`] (cwd outside the workspace), [`RunnerError::DuplicateCommand`],
+    /// [`RunnerError::Spawn`] / [`RunnerError::Client`], [`RunnerError::Closed`].
+    async fn spawn(&self, request: RunnerCommandRequest) -> Result<RunnerProcess, RunnerError>;
+
+    /// Runs a command to completion with stdin closed and returns its exit code and output.
+    /// With [`RunnerCommandRequest::timeout_ms`], the tree is killed at expiry and the result
+    /// says `timed_out` (exit code `None`).
+    ///
+    /// # Errors
+    /// As [`RunnerSession::spawn`].
+    async fn run_command(
+        &self,
+        request: RunnerCommandRequest,
+    ) -> Result<RunnerCommandResult, RunnerError> {
+        let command_id = request.command_id.clone();
+        let timeout = request.timeout_ms.map(std::time::Duration::from_millis);
+        let mut process = self.spawn(request).await?;
+        process.close_stdin().await.ok();
+        let mut collected = CollectedOutput::default();
+        match timeout {
+            None => process.collect_into(&mut collected).await,
+            Some(limit) => {
+                if tokio::time::timeout(limit, process.collect_into(&mut collected))
+                    .await
+                    .is_err()
+                {
+                    self.cancel_command(&command_id).await?;
+                    process.collect_into(&mut collected).await;
+                    collected.timed_out = true;
+                    collected.exit_code = None;
+                }
+            }
+        }
+        Ok(collected.into_result(command_id))
+    }
+
+    /// Kills the running command's whole process tree. `Ok(false)` when no command with this
+    /// id is running (any more).
+    ///
+    /// # Errors
+    /// Connection errors of remote providers.
+    async fn cancel_command(&self, command_id: &str) -> Result<bool, RunnerError>;
+
+    /// Reads a file (read rules).
+    ///
+    /// # Errors
+    /// [`RunnerError::AccessDenied`], [`RunnerError::NotFound`], I/O and connection errors.
+    async fn read_file(
+        &self,
+        request: RunnerFileReadRequest,
+    ) -> Result<RunnerFileReadResult, RunnerError>;
+
+    /// Writes a file (write rules), creating missing parent directories.
+    ///
+    /// # Errors
+    /// [`RunnerError::AccessDenied`], I/O and connection errors.
+    async fn write_file(&self, request: RunnerFileWriteRequest) -> Result<(), RunnerError>;
+
+    /// Exposes a loopback TCP port of the runner at a URL on this host (HTTP and WebSocket
+    /// traffic both pass: the proxy is a byte stream). Lives until [`RunnerSession::close`].
+    ///
+    /// # Errors
+    /// [`RunnerError::Unsupported`], I/O errors binding the local listener.
+    async fn expose_port(
+        &self,
+        request: RunnerPortRequest,
+    ) -> Result<RunnerPortResult, RunnerError>;
+
+    /// Copies a file (or, with `recursive`, a directory as tar+zstd) into the artifact store.
+    ///
+    /// # Errors
+    /// [`RunnerError::AccessDenied`], [`RunnerError::NotFound`], [`RunnerError::IsDirectory`],
+    /// I/O and connection errors.
+    async fn export_artifact(
+        &self,
+        request: RunnerArtifactExportRequest,
+    ) -> Result<RunnerArtifactExportResult, RunnerError>;
+
+    /// Archives the workspace (tar+zstd) into the snapshot store.
+    ///
+    /// # Errors
+    /// [`RunnerError::Unsupported`], I/O and connection errors.
+    async fn snapshot(&self) -> Result<RunnerSnapshotRef, RunnerError>;
+
+    /// Kills every running command, stops exposed ports, and releases the session (a local
+    /// workspace created for the session is removed). Idempotent.
+    ///
+    /// # Errors
+    /// I/O errors removing the workspace.
+    async fn close(&self) -> Result<(), RunnerError>;
+}
+
+/// Builds the [`RemoteWorkspace`] handle of a session.
+pub fn remote_workspace(session: Arc<dyn RunnerSession>) -> RemoteWorkspace {
+    let root = session.paths().workspace().to_path_buf();
+    let read_roots = session.paths().read_roots().to_vec();
+    RemoteWorkspace {
+        session,
+        root,
+        read_roots,
+    }
+}
+
+/// A short random-looking id (16 hex digits from BLAKE3 of time, pid and a counter).
+pub(crate) fn fresh_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let mut h = blake3::Hasher::new();
+    h.update(&nanos.to_le_bytes());
+    h.update(&std::process::id().to_le_bytes());
+    h.update(&N.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    h.finalize().to_hex()[..16].to_string()
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}

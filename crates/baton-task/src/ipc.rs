@@ -31,8 +31,8 @@ use baton_protocol::tool::{
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::watch;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinSet;
 
 use crate::env::env_pattern_matches;
 
@@ -51,9 +51,12 @@ const SOCKET_NAME: &str = "ipc.sock";
 /// Why the IPC server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum IpcError {
-    /// `start` was called outside a tokio runtime.
-    #[error("the tool IPC server needs a tokio runtime")]
-    NoRuntime(#[source] tokio::runtime::TryCurrentError),
+    /// The server's tokio runtime could not be built.
+    #[error("cannot start the tool IPC runtime")]
+    Runtime(#[source] io::Error),
+    /// The server thread could not be spawned.
+    #[error("cannot spawn the tool IPC thread")]
+    Thread(#[source] io::Error),
     /// The private socket directory could not be created.
     #[error("cannot create the tool IPC directory in '{dir}'")]
     CreateDir {
@@ -308,52 +311,66 @@ pub struct IpcServer {
     socket_path: PathBuf,
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
-    accept: Option<JoinHandle<()>>,
+    done: Option<oneshot::Receiver<()>>,
 }
 
 impl IpcServer {
     /// Binds a socket in a new private directory under the system temp dir (`$TMPDIR`, or `/tmp`
-    /// when that path would be too long for a socket) and starts serving on the current tokio
-    /// runtime.
+    /// when that path would be too long for a socket) and serves it on a thread of its own
+    /// (`baton-ipc`, a current-thread tokio runtime), so tools get answers whatever the caller's
+    /// runtime is doing. Works inside or outside a tokio runtime.
     ///
     /// `parent_env` answers `getEnv`/`getEnvs`; `untracked` holds names or `PREFIX_*` patterns
     /// (the task's `untrackedEnv`) that are answered but never recorded as tracked.
     ///
-    /// Errors: no tokio runtime, the directory cannot be created, the socket cannot be bound.
+    /// Errors: the directory cannot be created, the socket cannot be bound, the runtime or the
+    /// thread cannot be started.
     pub fn start(
         parent_env: Vec<(OsString, OsString)>,
         untracked: Vec<String>,
     ) -> Result<IpcServer, IpcError> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(IpcError::NoRuntime)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(IpcError::Runtime)?;
         let dir = create_private_dir()?;
         let socket_path = dir.join(SOCKET_NAME);
         let listener = {
             let _guard = runtime.enter();
             UnixListener::bind(&socket_path)
         };
-        let listener = match listener {
-            Ok(l) => l,
-            Err(source) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(IpcError::Bind {
-                    path: socket_path,
-                    source,
-                });
+        let listener = listener.map_err(|source| {
+            let _ = std::fs::remove_dir_all(&dir);
+            IpcError::Bind {
+                path: socket_path.clone(),
+                source,
             }
-        };
+        })?;
         let shared = Arc::new(Shared {
             env: parent_env,
             untracked,
             reports: Mutex::new(ToolReports::default()),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let accept = runtime.spawn(accept_loop(listener, shared.clone(), shutdown_rx));
+        let (done_tx, done) = oneshot::channel();
+        let serve_shared = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("baton-ipc".to_owned())
+            .spawn(move || {
+                runtime.block_on(accept_loop(listener, serve_shared, shutdown_rx));
+                drop(runtime);
+                let _ = done_tx.send(());
+            });
+        if let Err(e) = spawned {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(IpcError::Thread(e));
+        }
         Ok(IpcServer {
             dir,
             socket_path,
             shared,
             shutdown,
-            accept: Some(accept),
+            done: Some(done),
         })
     }
 
@@ -373,24 +390,35 @@ impl IpcServer {
 
     /// Stops accepting, serves what connections (open or still in the backlog) already sent —
     /// each gets 250 ms after this call, then is closed — removes the socket directory and
-    /// returns the reports.
-    /// Call it after the task's process tree has exited.
+    /// returns the reports. Call it after the task's process tree has exited. Any executor.
     pub async fn finish(mut self) -> ToolReports {
         let _ = self.shutdown.send(true);
-        if let Some(accept) = self.accept.take() {
-            let _ = accept.await;
+        if let Some(done) = self.done.take() {
+            let _ = done.await;
         }
+        self.take_reports()
+    }
+
+    /// [`finish`](IpcServer::finish) for synchronous callers: blocks the calling thread (do not
+    /// call it on an async runtime thread).
+    pub fn finish_blocking(mut self) -> ToolReports {
+        let _ = self.shutdown.send(true);
+        if let Some(done) = self.done.take() {
+            let _ = done.blocking_recv();
+        }
+        self.take_reports()
+    }
+
+    fn take_reports(&mut self) -> ToolReports {
         let _ = std::fs::remove_dir_all(&self.dir);
         self.shared.with_reports(std::mem::take)
     }
 }
 
 impl Drop for IpcServer {
+    /// Without `finish`: the server thread stops on its own after the drain grace period.
     fn drop(&mut self) {
         let _ = self.shutdown.send(true);
-        if let Some(accept) = self.accept.take() {
-            accept.abort();
-        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

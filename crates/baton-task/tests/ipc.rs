@@ -369,9 +369,33 @@ async fn socket_dir_is_private_and_removed_by_finish() {
 }
 
 #[test]
-fn start_outside_a_runtime_is_an_error() {
-    let err = IpcServer::start(vec![], vec![]).err().expect("error");
-    assert!(err.to_string().contains("tokio runtime"), "{err}");
+fn works_without_a_runtime_and_while_the_caller_is_blocked() {
+    // No tokio runtime here, and this thread blocks in plain std I/O while the server answers.
+    let server = IpcServer::start(parent_env(), vec![]).expect("start");
+    let mut s = std::os::unix::net::UnixStream::connect(server.socket_path()).expect("connect");
+    std::io::Write::write_all(
+        &mut s,
+        concat!(
+            r#"{"id":1,"op":"hello","version":1}"#,
+            "\n",
+            r#"{"id":2,"op":"getEnv","name":"PLAIN"}"#,
+            "\n"
+        )
+        .as_bytes(),
+    )
+    .expect("write");
+    let mut reader = std::io::BufReader::new(s);
+    let mut lines = Vec::new();
+    for _ in 0..2 {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut reader, &mut line).expect("read");
+        lines.push(serde_json::from_str::<ResponseFrame>(&line).expect("json"));
+    }
+    let v: GetEnvResult = result(lines.pop().expect("answer"));
+    assert_eq!(v.value.expect("set").0, b"plain value");
+    drop(reader);
+    let reports = server.finish_blocking();
+    assert_eq!(reports.tracked_env.keys().collect::<Vec<_>>(), ["PLAIN"]);
 }
 
 // ---------------------------------------------------------------- JS client through node

@@ -263,8 +263,8 @@ fn wire_path(path: &Path) -> Result<String, ToolError> {
 enum Shared {
     /// Not connected yet (or the last connection broke).
     Idle,
-    /// Connected.
-    Ready(Client),
+    /// Connected, by the process with this pid (a forked child must not share the socket).
+    Ready(Client, u32),
 }
 
 static SHARED: Mutex<Shared> = Mutex::new(Shared::Idle);
@@ -281,9 +281,15 @@ fn with_client<T>(f: impl FnOnce(&mut Client) -> Result<T, ToolError>) -> Option
         return None;
     }
     let mut shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
+    let pid = std::process::id();
+    if matches!(*shared, Shared::Ready(_, owner) if owner != pid) {
+        // Inherited over fork: closing our copy of the descriptors leaves the parent's
+        // connection intact; this process gets its own.
+        *shared = Shared::Idle;
+    }
     if let Shared::Idle = *shared {
         match Client::from_env() {
-            Ok(Some(c)) => *shared = Shared::Ready(c),
+            Ok(Some(c)) => *shared = Shared::Ready(c, pid),
             Ok(None) => return None,
             Err(e) => {
                 warn(&e);
@@ -291,7 +297,7 @@ fn with_client<T>(f: impl FnOnce(&mut Client) -> Result<T, ToolError>) -> Option
             }
         }
     }
-    let Shared::Ready(client) = &mut *shared else {
+    let Shared::Ready(client, _) = &mut *shared else {
         return None;
     };
     match f(client) {

@@ -124,34 +124,56 @@ pub struct Options {
 /// Measurements of one cell.
 #[derive(Debug, Clone)]
 pub enum Cell {
-    /// Wall-clock times of every repetition.
-    Measured(Vec<Duration>),
+    /// Every repetition: wall-clock time, and CPU time (user + system) of the process tree.
+    Measured {
+        /// Wall-clock times.
+        wall: Vec<Duration>,
+        /// CPU times, same order.
+        cpu: Vec<Duration>,
+    },
     /// The scenario means nothing for this tool (a hand-run has no cache).
     NotApplicable,
     /// Not measured, with the reason.
     Pending(String),
 }
 
+/// Median of `times` (mean of the two middle ones for an even count); `None` when empty.
+fn median(times: &[Duration]) -> Option<Duration> {
+    let mut t = times.to_vec();
+    t.sort();
+    let mid = t.len() / 2;
+    match t.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(t[mid]),
+        _ => Some((t[mid - 1] + t[mid]) / 2),
+    }
+}
+
 impl Cell {
+    fn empty() -> Self {
+        Cell::Measured {
+            wall: Vec::new(),
+            cpu: Vec::new(),
+        }
+    }
+
     fn median(&self) -> Option<Duration> {
         match self {
-            Cell::Measured(times) if !times.is_empty() => {
-                let mut t = times.clone();
-                t.sort();
-                let mid = t.len() / 2;
-                Some(if t.len() % 2 == 1 {
-                    t[mid]
-                } else {
-                    (t[mid - 1] + t[mid]) / 2
-                })
-            }
+            Cell::Measured { wall, .. } => median(wall),
             _ => None,
         }
     }
 
     fn min(&self) -> Option<Duration> {
         match self {
-            Cell::Measured(times) => times.iter().min().copied(),
+            Cell::Measured { wall, .. } => wall.iter().min().copied(),
+            _ => None,
+        }
+    }
+
+    fn cpu_median(&self) -> Option<Duration> {
+        match self {
+            Cell::Measured { cpu, .. } => median(cpu),
             _ => None,
         }
     }
@@ -550,7 +572,7 @@ fn measure_once(
     scenario: Scenario,
     opts: &Options,
     edit: u64,
-) -> Result<Duration> {
+) -> Result<(Duration, Duration)> {
     // Stamps are taken before deleting `dist/`: a build restored from a cache that survived the
     // clean-up would bring back an old stamp and be caught.
     let before = ws.stamps();
@@ -565,6 +587,7 @@ fn measure_once(
             format!("{}// bench edit {edit}\n", ws.leaf_original),
         )?,
     }
+    let cpu_before = proc::children_cpu();
     let (elapsed, output) = run_once(
         ws,
         tools,
@@ -573,8 +596,9 @@ fn measure_once(
         scenario == Scenario::Leaf,
         scenario.label(),
     )?;
+    let cpu = proc::children_cpu().saturating_sub(cpu_before);
     verify(ws, tool, scenario, &before, &output)?;
-    Ok(elapsed)
+    Ok((elapsed, cpu))
 }
 
 /// Whether the Baton binary exists and answers `baton run --help`; `Err(reason)` otherwise.
@@ -706,7 +730,26 @@ pub fn run(mut opts: Options) -> Result<()> {
                 .map(|f| f.stdout.trim().to_owned())
                 .unwrap_or_default()
         };
-        versions.insert(0, ("baton".into(), format!("{v} (repo at {commit})")));
+        let built = {
+            let mut date = command("date");
+            date.arg("-u")
+                .arg("-r")
+                .arg(&opts.baton)
+                .arg("+%Y-%m-%dT%H:%M:%SZ");
+            proc::run(&mut date, "date -r")
+                .map(|f| f.stdout.trim().to_owned())
+                .unwrap_or_default()
+        };
+        versions.insert(
+            0,
+            (
+                "baton".into(),
+                format!(
+                    "{v} (binary {}, built {built}; repo HEAD at bench time: {commit})",
+                    opts.baton.display()
+                ),
+            ),
+        );
     }
 
     let mut machine = machine_info(&tools);
@@ -754,7 +797,7 @@ pub fn run(mut opts: Options) -> Result<()> {
                     if *tool == Tool::Hand && *sc == Scenario::Hit {
                         Cell::NotApplicable
                     } else {
-                        Cell::Measured(Vec::new())
+                        Cell::empty()
                     }
                 })
                 .collect();
@@ -772,20 +815,23 @@ pub fn run(mut opts: Options) -> Result<()> {
                 let mut dropped = Vec::new();
                 for i in order {
                     let (tool, ws) = &active[i];
-                    let Cell::Measured(times) = &mut cells[*tool as usize][scenario as usize]
+                    let Cell::Measured { wall, cpu } =
+                        &mut cells[*tool as usize][scenario as usize]
                     else {
                         continue;
                     };
                     edit += 1;
                     match measure_once(ws, &tools, *tool, scenario, &opts, edit) {
-                        Ok(elapsed) => {
+                        Ok((elapsed, cpu_time)) => {
                             eprintln!(
-                                "bench: {n:>4} {:<5} {:<16} #{rep}: {} ms",
+                                "bench: {n:>4} {:<5} {:<16} #{rep}: {} ms (cpu {} ms)",
                                 tool.name(),
                                 scenario.label(),
-                                ms(elapsed)
+                                ms(elapsed),
+                                ms(cpu_time)
                             );
-                            times.push(elapsed);
+                            wall.push(elapsed);
+                            cpu.push(cpu_time);
                         }
                         Err(e) if *tool == Tool::Baton && !baton_explicit => {
                             eprintln!("bench: baton failed, recorded as pending: {e:#}");
@@ -845,9 +891,23 @@ pub fn run(mut opts: Options) -> Result<()> {
     Ok(())
 }
 
-/// Median of a cell, for the report's target checks.
+/// Median wall time of a cell, for the report's target checks.
 pub fn median_of(result: &SizeResult, tool: Tool, scenario: Scenario) -> Option<Duration> {
     result.cell(tool, scenario).median()
+}
+
+/// Minimum wall time of a cell, for the report's target checks.
+pub fn min_of(result: &SizeResult, tool: Tool, scenario: Scenario) -> Option<Duration> {
+    result.cell(tool, scenario).min()
+}
+
+/// Median CPU time of a cell, formatted (`—`/`pending` as for wall times).
+pub fn cpu_text(result: &SizeResult, tool: Tool, scenario: Scenario) -> String {
+    let cell = result.cell(tool, scenario);
+    match cell.cpu_median() {
+        Some(d) => ms(d),
+        None => cell.to_string(),
+    }
 }
 
 /// Why a tool's column is empty for this size, if it is.
@@ -879,15 +939,23 @@ mod tests {
 
     #[test]
     fn median_and_min_of_a_cell() {
-        let c = Cell::Measured(vec![
-            Duration::from_millis(30),
-            Duration::from_millis(10),
-            Duration::from_millis(20),
-        ]);
+        let c = Cell::Measured {
+            wall: vec![
+                Duration::from_millis(30),
+                Duration::from_millis(10),
+                Duration::from_millis(20),
+            ],
+            cpu: vec![Duration::from_millis(5); 3],
+        };
         assert_eq!(c.median(), Some(Duration::from_millis(20)));
         assert_eq!(c.min(), Some(Duration::from_millis(10)));
         assert_eq!(c.to_string(), "20.0 (min 10.0)");
-        let even = Cell::Measured(vec![Duration::from_millis(100), Duration::from_millis(300)]);
+        assert_eq!(c.cpu_median(), Some(Duration::from_millis(5)));
+        let even = Cell::Measured {
+            wall: vec![Duration::from_millis(100), Duration::from_millis(300)],
+            cpu: vec![],
+        };
+        assert_eq!(even.cpu_median(), None);
         assert_eq!(even.to_string(), "200 (min 100)");
         assert_eq!(Cell::NotApplicable.to_string(), "—");
     }

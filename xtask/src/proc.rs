@@ -95,3 +95,19 @@ pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+/// CPU time (user + system) of every child of this process reaped so far, with the descendants
+/// they reaped themselves (`getrusage(RUSAGE_CHILDREN)`); zero if unavailable. The difference
+/// around a run is the CPU cost of that process tree, far less sensitive than wall time to other
+/// load on the machine (orphaned daemons are not counted).
+pub fn children_cpu() -> Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let to_duration = |tv: nix::sys::time::TimeVal| {
+        let secs = u64::try_from(tv.tv_sec()).unwrap_or(0);
+        let micros = u32::try_from(tv.tv_usec()).unwrap_or(0);
+        Duration::from_secs(secs) + Duration::from_micros(u64::from(micros))
+    };
+    getrusage(UsageWho::RUSAGE_CHILDREN)
+        .map(|u| to_duration(u.user_time()) + to_duration(u.system_time()))
+        .unwrap_or_default()
+}

@@ -34,6 +34,7 @@
 //! `BATON_SECRET_<ID>` environment variables of the process that uses them.
 
 mod error;
+mod exec_server;
 mod local;
 mod manifest;
 mod paths;
@@ -48,6 +49,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use error::RunnerError;
+pub use exec_server::{
+    DEFAULT_REMOTE_PATH, EXEC_SERVER_PROVIDER_ID, ExecServerConfig, ExecServerProvider,
+};
 pub use local::{LOCAL_PROVIDER_ID, LocalConfig, LocalProvider};
 pub use paths::{Access, PathPolicy, normalize_lexically, resolve_real};
 pub use process::{CollectedOutput, RunnerProcess};

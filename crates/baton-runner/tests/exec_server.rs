@@ -1,0 +1,159 @@
+//! The provider contract for `exec-server`, against a real `baton exec-server` process (the
+//! workspace's `baton` binary: `$BATON_BIN`, else `target/debug/baton`; `cargo test
+//! --workspace` builds it), plus a dropped-connection test through a TCP proxy the test cuts.
+
+mod contract;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use baton_exec::{CommandSpec, Process, ProcessEvent, SpawnOptions};
+use baton_runner::{
+    ExecServerProvider, RunnerCommandRequest, RunnerDestination, RunnerEvent, RunnerProvider,
+    RunnerStream,
+};
+use contract::{Harness, T};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+fn baton_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("BATON_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/baton");
+    assert!(
+        p.is_file(),
+        "{p:?} is missing: build it first (`cargo build -p baton-cli`) or set BATON_BIN"
+    );
+    p
+}
+
+/// Starts `baton exec-server` on loopback with `root`; returns the process (killed on drop)
+/// and the URL it printed.
+async fn start_server(root: &Path) -> (Process, String) {
+    let spec = CommandSpec::new(baton_bin(), root)
+        .args(["exec-server", "--listen", "ws://127.0.0.1:0", "--root"])
+        .arg(root)
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin");
+    let process = baton_exec::spawn(&spec, SpawnOptions::streaming()).expect("spawn server");
+    let mut events = process.take_events().expect("events");
+    let mut line = Vec::new();
+    while !line.ends_with(b"\n") {
+        match tokio::time::timeout(T, events.recv())
+            .await
+            .expect("url in time")
+        {
+            Some(ProcessEvent::Output { stream, chunk, .. }) => {
+                if stream == baton_exec::Stream::Stdout {
+                    line.extend_from_slice(&chunk);
+                }
+            }
+            other => panic!("server ended before printing its url: {other:?}"),
+        }
+    }
+    // Keep draining (stderr logs) so the server never blocks on a full pipe.
+    tokio::spawn(async move { while events.recv().await.is_some() {} });
+    let url = String::from_utf8(line).expect("utf8").trim().to_string();
+    assert!(url.starts_with("ws://127.0.0.1:"), "{url}");
+    (process, url)
+}
+
+fn destination_for(url: String) -> contract::MakeDestination {
+    Box::new(move |ws: &Path, read_roots: &[PathBuf]| RunnerDestination {
+        id: "remote".into(),
+        provider_id: "exec-server".into(),
+        config: serde_json::json!({ "url": url, "workspace": ws, "read_roots": read_roots }),
+        default_manifest: Default::default(),
+    })
+}
+
+async fn exec_server() -> Harness {
+    let (tmp, base, read_root, outside) = Harness::layout();
+    let (server, url) = start_server(&base.join("allowed")).await;
+    let provider = ExecServerProvider::new(&base.join("runner")).expect("provider");
+    Harness {
+        provider: Arc::new(provider),
+        base,
+        read_root,
+        outside,
+        make_destination: destination_for(url),
+        next: AtomicUsize::new(0),
+        _guard: Box::new((tmp, server)),
+    }
+}
+
+contract_suite!(exec_server);
+
+/// A TCP proxy whose live connections the test can cut (new ones still pass).
+async fn cuttable_proxy(target: String) -> (String, watch::Sender<u64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (cut, cut_rx) = watch::channel(0u64);
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let target = target.clone();
+            let mut cut_rx = cut_rx.clone();
+            cut_rx.borrow_and_update();
+            tokio::spawn(async move {
+                let Ok(mut outbound) = TcpStream::connect(&target).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    _ = cut_rx.changed() => {}
+                }
+            });
+        }
+    });
+    (format!("ws://{addr}"), cut)
+}
+
+/// The connection drops in the middle of a command: the client reconnects and resumes the
+/// server session; stdin written after the drop arrives once and every output byte is seen
+/// exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumes_after_the_connection_drops() {
+    let (tmp, base, _read_root, _outside) = Harness::layout();
+    let (_server, url) = start_server(&base.join("allowed")).await;
+    let (proxy_url, cut) = cuttable_proxy(url.trim_start_matches("ws://").to_string()).await;
+    let provider = ExecServerProvider::new(&base.join("runner")).expect("provider");
+    let ws = base.join("allowed/ws");
+    std::fs::create_dir_all(&ws).expect("mkdir");
+    let session = provider
+        .create_session(destination_for(proxy_url)(&ws, &[]))
+        .await
+        .expect("create");
+    let mut p = session
+        .spawn(RunnerCommandRequest::new(
+            "chat",
+            "sh",
+            ["-c", "echo before; read line; echo \"after $line\""],
+        ))
+        .await
+        .expect("spawn");
+    let mut out = Vec::new();
+    while !out.ends_with(b"before\n") {
+        match tokio::time::timeout(T, p.next_event())
+            .await
+            .expect("in time")
+        {
+            Some(RunnerEvent::Output {
+                stream: RunnerStream::Stdout,
+                chunk,
+                ..
+            }) => out.extend(chunk),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    cut.send_modify(|n| *n += 1);
+    p.write_stdin(b"resumed\n")
+        .await
+        .expect("stdin after the drop");
+    let rest = tokio::time::timeout(T, p.collect()).await.expect("in time");
+    out.extend(rest.stdout);
+    assert_eq!(String::from_utf8_lossy(&out), "before\nafter resumed\n");
+    assert_eq!(rest.exit_code, Some(0), "{:?}", rest.failure);
+    session.close().await.expect("close");
+    drop(tmp);
+}

@@ -44,6 +44,9 @@ pub const EXEC_SERVER_PROVIDER_ID: &str = "exec-server";
 /// `PATH` of commands when the destination sets none.
 pub const DEFAULT_REMOTE_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
+/// The provider id of [`SshProvider`].
+pub const SSH_PROVIDER_ID: &str = "ssh";
+
 /// Destination `config` of the `exec-server` provider.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ExecServerConfig {
@@ -63,31 +66,204 @@ pub struct ExecServerConfig {
     pub path: Option<String>,
 }
 
-/// What [`RunnerSessionState::metadata`] holds for an exec-server session.
+/// Destination `config` of the `ssh` provider: `ssh [-p PORT] [-i IDENTITY] [-o OPT]…
+/// DESTINATION -- BATON exec-server --listen stdio --root WORKSPACE --root READ_ROOT…`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SshConfig {
+    /// `user@host` (or a host alias of the ssh config).
+    pub destination: String,
+    /// Port (default: ssh's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Private key file on this host (a path, not a secret value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_file: Option<PathBuf>,
+    /// Extra `-o` options (`StrictHostKeyChecking=accept-new`, `UserKnownHostsFile=…`).
+    #[serde(default)]
+    pub ssh_options: Vec<String>,
+    /// The `baton` binary on the host (default `baton`, looked up in the remote `PATH`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baton: Option<String>,
+    /// The `ssh` client on this host (default `ssh`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<String>,
+    /// Absolute workspace path on the host (created if missing).
+    pub workspace: PathBuf,
+    /// Extra absolute read roots on the host.
+    #[serde(default)]
+    pub read_roots: Vec<PathBuf>,
+    /// `PATH` of commands (default [`DEFAULT_REMOTE_PATH`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+impl SshConfig {
+    /// The argv of the `ssh` command that starts the stdio exec server.
+    pub fn argv(&self) -> Vec<String> {
+        let mut argv = vec![
+            self.ssh.clone().unwrap_or_else(|| "ssh".into()),
+            "-T".into(),
+            "-o".into(),
+            "BatchMode=yes".into(),
+        ];
+        if let Some(port) = self.port {
+            argv.extend(["-p".into(), port.to_string()]);
+        }
+        if let Some(key) = &self.identity_file {
+            argv.extend(["-i".into(), key.to_string_lossy().into_owned()]);
+        }
+        for opt in &self.ssh_options {
+            argv.extend(["-o".into(), opt.clone()]);
+        }
+        argv.extend([self.destination.clone(), "--".into()]);
+        let mut remote = vec![
+            self.baton.clone().unwrap_or_else(|| "baton".into()),
+            "exec-server".into(),
+            "--listen".into(),
+            "stdio".into(),
+        ];
+        for root in std::iter::once(&self.workspace).chain(&self.read_roots) {
+            remote.extend(["--root".into(), root.to_string_lossy().into_owned()]);
+        }
+        // ssh hands the remote command to the login shell: quote every word.
+        argv.extend(
+            remote
+                .iter()
+                .map(|w| shlex::try_quote(w).map_or_else(|_| w.clone(), |q| q.into_owned())),
+        );
+        argv
+    }
+}
+
+/// How a remote session reaches its exec server (persisted in the session state).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "transport", rename_all = "snake_case")]
+enum Transport {
+    WebSocket(ExecServerConfig),
+    Ssh(SshConfig),
+}
+
+impl Transport {
+    fn provider_id(&self) -> &'static str {
+        match self {
+            Transport::WebSocket(_) => EXEC_SERVER_PROVIDER_ID,
+            Transport::Ssh(_) => SSH_PROVIDER_ID,
+        }
+    }
+
+    fn roots(&self) -> (&PathBuf, &[PathBuf]) {
+        match self {
+            Transport::WebSocket(c) => (&c.workspace, &c.read_roots),
+            Transport::Ssh(c) => (&c.workspace, &c.read_roots),
+        }
+    }
+
+    fn path_env(&self) -> String {
+        match self {
+            Transport::WebSocket(c) => c.path.clone(),
+            Transport::Ssh(c) => c.path.clone(),
+        }
+        .unwrap_or_else(|| DEFAULT_REMOTE_PATH.into())
+    }
+
+    /// Whether the server outlives a connection (WebSocket), so that a session can be resumed
+    /// by id; a stdio server over ssh ends with its connection.
+    fn resumable(&self) -> bool {
+        matches!(self, Transport::WebSocket(_))
+    }
+
+    fn parse(provider_id: &str, destination: &RunnerDestination) -> Result<Self, RunnerError> {
+        if destination.provider_id != provider_id {
+            return Err(RunnerError::InvalidDestination(format!(
+                "destination {:?} is for provider {:?}, not {provider_id:?}",
+                destination.id, destination.provider_id
+            )));
+        }
+        check_no_secrets(&destination.config)?;
+        let bad = |e: serde_json::Error| {
+            RunnerError::InvalidDestination(format!("bad {provider_id} config: {e}"))
+        };
+        let transport = if provider_id == SSH_PROVIDER_ID {
+            let config: SshConfig =
+                serde_json::from_value(destination.config.clone()).map_err(bad)?;
+            if config.destination.is_empty() || config.destination.starts_with('-') {
+                return Err(RunnerError::InvalidDestination(format!(
+                    "bad ssh destination {:?}",
+                    config.destination
+                )));
+            }
+            Transport::Ssh(config)
+        } else {
+            let config: ExecServerConfig =
+                serde_json::from_value(destination.config.clone()).map_err(bad)?;
+            if !(config.url.starts_with("ws://") || config.url.starts_with("wss://")) {
+                return Err(RunnerError::InvalidDestination(format!(
+                    "exec-server url {:?} is not ws:// or wss://",
+                    config.url
+                )));
+            }
+            Transport::WebSocket(config)
+        };
+        let (ws, read_roots) = transport.roots();
+        for p in std::iter::once(ws).chain(read_roots) {
+            if !p.is_absolute() {
+                return Err(RunnerError::RootNotAbsolute(p.clone()));
+            }
+        }
+        Ok(transport)
+    }
+
+    async fn connect(
+        &self,
+        options: &ClientOptions,
+        resume: Option<String>,
+    ) -> Result<ExecClient, RunnerError> {
+        let mut options = ClientOptions {
+            resume_session_id: resume,
+            ..options.clone()
+        };
+        let endpoint = match self {
+            Transport::WebSocket(c) => Endpoint::WebSocket {
+                url: c.url.clone(),
+                token: c.token.as_ref().map(RunnerSecretRef::resolve).transpose()?,
+            },
+            Transport::Ssh(c) => {
+                // A new ssh connection starts a new server: nothing to resume.
+                options.reconnect.max_attempts = 0;
+                Endpoint::Command {
+                    argv: c.argv(),
+                    cwd: None,
+                    env: Vec::new(),
+                }
+            }
+        };
+        Ok(ExecClient::connect(endpoint, options).await?)
+    }
+}
+
+/// What [`RunnerSessionState::metadata`] holds for a remote session.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct RemoteMeta {
-    config: ExecServerConfig,
+    #[serde(flatten)]
+    transport: Transport,
     /// Resolved (remote `realpath`) roots.
-    workspace: PathBuf,
-    read_roots: Vec<PathBuf>,
+    resolved_workspace: PathBuf,
+    resolved_read_roots: Vec<PathBuf>,
     server_session_id: String,
 }
 
-/// Sessions on exec servers.
+/// The shared implementation of the exec-server and ssh providers.
 #[derive(Debug, Clone)]
-pub struct ExecServerProvider {
+struct RemoteProvider {
+    id: &'static str,
     stores: RunnerStores,
     options: ClientOptions,
 }
 
-impl ExecServerProvider {
-    /// A provider with its snapshot and artifact stores under `base` (on this host) and
-    /// default client options.
-    ///
-    /// # Errors
-    /// [`RunnerError::Io`] when the stores cannot be created.
-    pub fn new(base: &Path) -> Result<Self, RunnerError> {
+impl RemoteProvider {
+    fn new(id: &'static str, base: &Path) -> Result<Self, RunnerError> {
         Ok(Self {
+            id,
             stores: RunnerStores::open(base)?,
             options: ClientOptions {
                 client_name: "baton-runner".into(),
@@ -96,101 +272,37 @@ impl ExecServerProvider {
         })
     }
 
-    /// Replaces the client options (timeouts, reconnect policy); `resume_session_id` is set
-    /// per session and ignored here.
-    pub fn with_client_options(mut self, options: ClientOptions) -> Self {
-        self.options = options;
-        self
-    }
-
-    /// The stores (snapshots, artifacts).
-    pub fn stores(&self) -> &RunnerStores {
-        &self.stores
-    }
-
-    fn config(&self, destination: &RunnerDestination) -> Result<ExecServerConfig, RunnerError> {
-        if destination.provider_id != EXEC_SERVER_PROVIDER_ID {
-            return Err(RunnerError::InvalidDestination(format!(
-                "destination {:?} is for provider {:?}, not {EXEC_SERVER_PROVIDER_ID:?}",
-                destination.id, destination.provider_id
-            )));
-        }
-        check_no_secrets(&destination.config)?;
-        let config: ExecServerConfig = serde_json::from_value(destination.config.clone())
-            .map_err(|e| RunnerError::InvalidDestination(format!("bad exec-server config: {e}")))?;
-        if !(config.url.starts_with("ws://") || config.url.starts_with("wss://")) {
-            return Err(RunnerError::InvalidDestination(format!(
-                "exec-server url {:?} is not ws:// or wss://",
-                config.url
-            )));
-        }
-        for p in std::iter::once(&config.workspace).chain(&config.read_roots) {
-            if !p.is_absolute() {
-                return Err(RunnerError::RootNotAbsolute(p.clone()));
-            }
-        }
-        Ok(config)
-    }
-
-    async fn connect(
-        &self,
-        config: &ExecServerConfig,
-        resume: Option<String>,
-    ) -> Result<ExecClient, RunnerError> {
-        let token = config
-            .token
-            .as_ref()
-            .map(RunnerSecretRef::resolve)
-            .transpose()?;
-        let options = ClientOptions {
-            resume_session_id: resume,
-            ..self.options.clone()
-        };
-        Ok(ExecClient::connect(
-            Endpoint::WebSocket {
-                url: config.url.clone(),
-                token,
-            },
-            options,
-        )
-        .await?)
-    }
-
     async fn create(
         &self,
         destination: RunnerDestination,
         snapshot: Option<RunnerSnapshotRef>,
     ) -> Result<Arc<dyn RunnerSession>, RunnerError> {
-        let config = self.config(&destination)?;
+        let transport = Transport::parse(self.id, &destination)?;
         let archive = match &snapshot {
             Some(s) => Some(self.stores.snapshots.get(&s.snapshot_id)?),
             None => None,
         };
-        let client = self.connect(&config, None).await?;
-        client.create_directory(&config.workspace, true).await?;
-        let path_env = config
-            .path
-            .clone()
-            .unwrap_or_else(|| DEFAULT_REMOTE_PATH.into());
+        let client = transport.connect(&self.options, None).await?;
+        let (workspace, read_roots) = transport.roots();
+        client.create_directory(workspace, true).await?;
         let mut argv = vec!["realpath".to_string(), "-m".into(), "--".into()];
         argv.extend(
-            std::iter::once(&config.workspace)
-                .chain(&config.read_roots)
+            std::iter::once(workspace)
+                .chain(read_roots)
                 .map(|p| p.to_string_lossy().into_owned()),
         );
-        let out = capture(&client, &argv, &config.workspace, &path_env).await?;
+        let out = capture(&client, &argv, workspace, &transport.path_env()).await?;
         let resolved = remote_ok("realpath", out)?;
         let mut lines = resolved.lines().map(PathBuf::from);
-        let workspace = lines.next().ok_or_else(|| RunnerError::Remote {
+        let resolved_workspace = lines.next().ok_or_else(|| RunnerError::Remote {
             what: "realpath",
             message: "no output".into(),
         })?;
-        let read_roots: Vec<PathBuf> = lines.collect();
         let meta = RemoteMeta {
-            workspace,
-            read_roots,
+            resolved_workspace,
+            resolved_read_roots: lines.collect(),
             server_session_id: client.session_id(),
-            config,
+            transport,
         };
         let session = Arc::new(RemoteSession::new(
             client,
@@ -204,18 +316,69 @@ impl ExecServerProvider {
             if let Some(archive) = archive {
                 session.restore(&archive).await?;
             }
-            crate::manifest::apply(
-                &*session,
-                &destination.default_manifest,
-                EXEC_SERVER_PROVIDER_ID,
-            )
-            .await
+            crate::manifest::apply(&*session, &destination.default_manifest, self.id).await
         };
         if let Err(e) = setup.await {
             session.close().await.ok();
             return Err(e);
         }
         Ok(session)
+    }
+
+    async fn resume(
+        &self,
+        state: RunnerSessionState,
+    ) -> Result<Arc<dyn RunnerSession>, RunnerError> {
+        if state.provider_id != self.id {
+            return Err(RunnerError::InvalidDestination(format!(
+                "session state of provider {:?}",
+                state.provider_id
+            )));
+        }
+        let mut meta: RemoteMeta = serde_json::from_value(state.metadata.clone()).map_err(|e| {
+            RunnerError::InvalidDestination(format!("bad {} session state: {e}", self.id))
+        })?;
+        if meta.transport.provider_id() != self.id {
+            return Err(RunnerError::InvalidDestination(format!(
+                "session state transport is not {}",
+                self.id
+            )));
+        }
+        let client = if meta.transport.resumable() {
+            // The previous connection may still be closing: the server answers "session
+            // already attached" until it notices; retry with a short backoff (about 10 s).
+            let mut delay = std::time::Duration::from_millis(20);
+            let mut attempts = 0;
+            loop {
+                match meta
+                    .transport
+                    .connect(&self.options, Some(meta.server_session_id.clone()))
+                    .await
+                {
+                    Err(RunnerError::Client(ClientError::Server { code, .. }))
+                        if code == error_codes::SESSION_ATTACHED && attempts < 30 =>
+                    {
+                        attempts += 1;
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(std::time::Duration::from_millis(500));
+                    }
+                    other => break other?,
+                }
+            }
+        } else {
+            // Files persist; processes of the previous connection ended with its server.
+            let client = meta.transport.connect(&self.options, None).await?;
+            meta.server_session_id = client.session_id();
+            client
+        };
+        Ok(Arc::new(RemoteSession::new(
+            client,
+            state.session_id,
+            state.destination_id,
+            state.snapshot,
+            meta,
+            self.stores.clone(),
+        )?))
     }
 }
 
@@ -232,91 +395,105 @@ pub(crate) fn exec_server_capabilities() -> RunnerCapabilities {
     }
 }
 
-#[async_trait]
-impl RunnerProvider for ExecServerProvider {
-    fn id(&self) -> String {
-        EXEC_SERVER_PROVIDER_ID.into()
-    }
+/// Sessions on exec servers reached over WebSocket (destination config:
+/// [`ExecServerConfig`]).
+#[derive(Debug, Clone)]
+pub struct ExecServerProvider(RemoteProvider);
 
-    fn capabilities(&self) -> RunnerCapabilities {
-        exec_server_capabilities()
-    }
+/// Sessions on hosts reached with `ssh`, which starts `baton exec-server --listen stdio` there
+/// (destination config: [`SshConfig`]). The server lives as long as the ssh connection, so a
+/// dropped connection ends the session's processes; `resume_session` reconnects to the same
+/// workspace (files persist) with a new server session.
+#[derive(Debug, Clone)]
+pub struct SshProvider(RemoteProvider);
 
-    fn setup_hint(&self) -> Option<String> {
-        Some(
-            "destinations need `url` (ws://HOST:PORT of `baton exec-server`) and an absolute \
-             `workspace` under the server's --root; a destination whose config has \
-             `token: {id}` reads the bearer token from the environment variable \
-             BATON_SECRET_<ID> (id upper-cased, other characters as `_`); the runner host needs \
-             bash, tar, realpath and chmod"
-                .into(),
-        )
-    }
-
-    async fn validate_destination(
-        &self,
-        destination: &RunnerDestination,
-    ) -> Result<(), RunnerError> {
-        self.config(destination).map(|_| ())
-    }
-
-    async fn create_session(
-        &self,
-        destination: RunnerDestination,
-    ) -> Result<Arc<dyn RunnerSession>, RunnerError> {
-        self.create(destination, None).await
-    }
-
-    async fn create_session_from_snapshot(
-        &self,
-        destination: RunnerDestination,
-        snapshot: RunnerSnapshotRef,
-    ) -> Result<Arc<dyn RunnerSession>, RunnerError> {
-        self.create(destination, Some(snapshot)).await
-    }
-
-    async fn resume_session(
-        &self,
-        state: RunnerSessionState,
-    ) -> Result<Arc<dyn RunnerSession>, RunnerError> {
-        if state.provider_id != EXEC_SERVER_PROVIDER_ID {
-            return Err(RunnerError::InvalidDestination(format!(
-                "session state of provider {:?}",
-                state.provider_id
-            )));
-        }
-        let meta: RemoteMeta = serde_json::from_value(state.metadata.clone()).map_err(|e| {
-            RunnerError::InvalidDestination(format!("bad exec-server session state: {e}"))
-        })?;
-        // The previous connection may still be closing: the server answers "session already
-        // attached" until it notices; retry with a short backoff for up to ~10 s.
-        let mut delay = std::time::Duration::from_millis(20);
-        let mut attempts = 0;
-        let client = loop {
-            match self
-                .connect(&meta.config, Some(meta.server_session_id.clone()))
-                .await
-            {
-                Err(RunnerError::Client(ClientError::Server { code, .. }))
-                    if code == error_codes::SESSION_ATTACHED && attempts < 30 =>
-                {
-                    attempts += 1;
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(std::time::Duration::from_millis(500));
-                }
-                other => break other?,
+macro_rules! remote_provider_impl {
+    ($ty:ident, $id:expr, $hint:expr) => {
+        impl $ty {
+            /// A provider with its snapshot and artifact stores under `base` (on this host) and
+            /// default client options.
+            ///
+            /// # Errors
+            /// [`RunnerError::Io`] when the stores cannot be created.
+            pub fn new(base: &Path) -> Result<Self, RunnerError> {
+                Ok(Self(RemoteProvider::new($id, base)?))
             }
-        };
-        Ok(Arc::new(RemoteSession::new(
-            client,
-            state.session_id,
-            state.destination_id,
-            state.snapshot,
-            meta,
-            self.stores.clone(),
-        )?))
-    }
+
+            /// Replaces the client options (timeouts, reconnect policy); `resume_session_id`
+            /// is set per session and ignored here.
+            pub fn with_client_options(mut self, options: ClientOptions) -> Self {
+                self.0.options = options;
+                self
+            }
+
+            /// The stores (snapshots, artifacts).
+            pub fn stores(&self) -> &RunnerStores {
+                &self.0.stores
+            }
+        }
+
+        #[async_trait]
+        impl RunnerProvider for $ty {
+            fn id(&self) -> String {
+                $id.into()
+            }
+
+            fn capabilities(&self) -> RunnerCapabilities {
+                exec_server_capabilities()
+            }
+
+            fn setup_hint(&self) -> Option<String> {
+                Some($hint.into())
+            }
+
+            async fn validate_destination(
+                &self,
+                destination: &RunnerDestination,
+            ) -> Result<(), RunnerError> {
+                Transport::parse($id, destination).map(|_| ())
+            }
+
+            async fn create_session(
+                &self,
+                destination: RunnerDestination,
+            ) -> Result<Arc<dyn RunnerSession>, RunnerError> {
+                self.0.create(destination, None).await
+            }
+
+            async fn create_session_from_snapshot(
+                &self,
+                destination: RunnerDestination,
+                snapshot: RunnerSnapshotRef,
+            ) -> Result<Arc<dyn RunnerSession>, RunnerError> {
+                self.0.create(destination, Some(snapshot)).await
+            }
+
+            async fn resume_session(
+                &self,
+                state: RunnerSessionState,
+            ) -> Result<Arc<dyn RunnerSession>, RunnerError> {
+                self.0.resume(state).await
+            }
+        }
+    };
 }
+
+remote_provider_impl!(
+    ExecServerProvider,
+    EXEC_SERVER_PROVIDER_ID,
+    "destinations need `url` (ws://HOST:PORT of `baton exec-server`) and an absolute \
+     `workspace` under the server's --root; a destination whose config has `token: {id}` reads \
+     the bearer token from the environment variable BATON_SECRET_<ID> (id upper-cased, other \
+     characters as `_`); the runner host needs bash, tar, realpath and chmod"
+);
+
+remote_provider_impl!(
+    SshProvider,
+    SSH_PROVIDER_ID,
+    "destinations need `destination` (user@host) and an absolute `workspace`; the host needs \
+     `baton` in its PATH (or `baton` set to its path), bash, tar, realpath and chmod; \
+     authentication is ssh's own (agent, `identity_file`), never a value in the config"
+);
 
 type Commands = Arc<Mutex<HashMap<String, ProcessId>>>;
 
@@ -327,6 +504,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// A session of [`ExecServerProvider`].
 struct RemoteSession {
     client: ExecClient,
+    provider_id: &'static str,
     state: RunnerSessionState,
     policy: PathPolicy,
     stores: RunnerStores,
@@ -425,19 +603,19 @@ impl RemoteSession {
         meta: RemoteMeta,
         stores: RunnerStores,
     ) -> Result<Self, RunnerError> {
-        let policy = PathPolicy::from_resolved(meta.workspace.clone(), meta.read_roots.clone())?;
+        let policy = PathPolicy::from_resolved(
+            meta.resolved_workspace.clone(),
+            meta.resolved_read_roots.clone(),
+        )?;
         let metadata = serde_json::to_value(&meta)
             .map_err(|e| RunnerError::InvalidDestination(format!("cannot encode state: {e}")))?;
         check_no_secrets(&metadata)?;
-        let path_env = meta
-            .config
-            .path
-            .clone()
-            .unwrap_or_else(|| DEFAULT_REMOTE_PATH.into());
+        let path_env = meta.transport.path_env();
         Ok(Self {
             client,
+            provider_id: meta.transport.provider_id(),
             state: RunnerSessionState {
-                provider_id: EXEC_SERVER_PROVIDER_ID.into(),
+                provider_id: meta.transport.provider_id().into(),
                 session_id,
                 destination_id,
                 snapshot,
@@ -838,7 +1016,7 @@ impl RunnerSession for RemoteSession {
             .await
             .map_err(|e| RunnerError::io("snapshot task failed", e.into()))??;
         Ok(RunnerSnapshotRef {
-            provider_id: EXEC_SERVER_PROVIDER_ID.into(),
+            provider_id: self.provider_id.into(),
             snapshot_id: id,
             metadata,
         })

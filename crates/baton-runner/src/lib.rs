@@ -51,6 +51,7 @@ use async_trait::async_trait;
 pub use error::RunnerError;
 pub use exec_server::{
     DEFAULT_REMOTE_PATH, EXEC_SERVER_PROVIDER_ID, ExecServerConfig, ExecServerProvider,
+    SSH_PROVIDER_ID, SshConfig, SshProvider,
 };
 pub use local::{LOCAL_PROVIDER_ID, LocalConfig, LocalProvider};
 pub use paths::{Access, PathPolicy, normalize_lexically, resolve_real};

@@ -516,7 +516,14 @@ impl Notifier {
         path_ptr: u64,
         empty_ok: bool,
     ) -> Result<Option<PathBuf>, Miss> {
-        let len = self.read_cstr(pid, path_ptr).ok_or(Miss::Memory)?;
+        // A NULL path fails with EFAULT (nothing touched), except that since Linux 6.11
+        // `statx(dirfd, NULL, AT_EMPTY_PATH)` means the fd itself, like an empty path (libuv
+        // probes the working directory this way).
+        let len = if path_ptr == 0 {
+            0
+        } else {
+            self.read_cstr(pid, path_ptr).ok_or(Miss::Memory)?
+        };
         let rel = &self.path_buf[..len];
         if rel.first() == Some(&b'/') {
             return Ok(Some(join_normalize(Path::new("/"), rel)));

@@ -335,6 +335,15 @@ fn statically_linked_binary_with_threads_children_and_dirfd() {
 }
 
 #[test]
+fn null_path_with_empty_path_flag_is_not_unresolved() {
+    let (_guard, dir) = workdir();
+    let mut cmd = command(static_helper());
+    cmd.current_dir(&dir).arg("statx-null=_");
+    let log = trace_ok(cmd);
+    assert_eq!(log.unresolved().total(), 0, "{:?}", log.unresolved());
+}
+
+#[test]
 fn loopback_connect_is_recorded_as_loopback() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
     let addr = listener.local_addr().expect("local addr");

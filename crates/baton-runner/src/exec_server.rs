@@ -66,8 +66,9 @@ pub struct ExecServerConfig {
     pub path: Option<String>,
 }
 
-/// Destination `config` of the `ssh` provider: `ssh [-p PORT] [-i IDENTITY] [-o OPT]…
-/// DESTINATION -- BATON exec-server --listen stdio --root WORKSPACE --root READ_ROOT…`.
+/// Destination `config` of the `ssh` provider: `ssh -T -o BatchMode=yes [-p PORT] [-i IDENTITY]
+/// [-o OPT]… DESTINATION -- mkdir -p -- WORKSPACE && exec BATON exec-server --listen stdio
+/// --root WORKSPACE --root READ_ROOT…` (remote words shell-quoted).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SshConfig {
     /// `user@host` (or a host alias of the ssh config).
@@ -116,21 +117,27 @@ impl SshConfig {
             argv.extend(["-o".into(), opt.clone()]);
         }
         argv.extend([self.destination.clone(), "--".into()]);
-        let mut remote = vec![
+        let mut remote = vec!["mkdir".to_string(), "-p".into(), "--".into()];
+        remote.push(self.workspace.to_string_lossy().into_owned());
+        remote.extend([
+            "&&".into(),
+            "exec".into(),
             self.baton.clone().unwrap_or_else(|| "baton".into()),
             "exec-server".into(),
             "--listen".into(),
             "stdio".into(),
-        ];
+        ]);
         for root in std::iter::once(&self.workspace).chain(&self.read_roots) {
             remote.extend(["--root".into(), root.to_string_lossy().into_owned()]);
         }
-        // ssh hands the remote command to the login shell: quote every word.
-        argv.extend(
-            remote
-                .iter()
-                .map(|w| shlex::try_quote(w).map_or_else(|_| w.clone(), |q| q.into_owned())),
-        );
+        // ssh hands the remote command to the login shell: quote every word but `&&`.
+        argv.extend(remote.iter().map(|w| {
+            if w == "&&" {
+                w.clone()
+            } else {
+                shlex::try_quote(w).map_or_else(|_| w.clone(), |q| q.into_owned())
+            }
+        }));
         argv
     }
 }

@@ -1,0 +1,165 @@
+//! The provider contract for `ssh`, against a real OpenSSH server on loopback started per test
+//! with a throwaway host key, user key and port (needs Debian's `openssh-server`: `sshd` at
+//! `/usr/sbin/sshd`, or `$BATON_SSHD`), which starts the workspace's `baton exec-server
+//! --listen stdio` (`$BATON_BIN`, else `target/debug/baton`).
+
+mod contract;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use baton_exec::{CommandSpec, Process, ProcessEvent, SpawnOptions, Stream};
+use baton_runner::{RunnerDestination, SshProvider};
+use contract::{Harness, T};
+
+const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+fn baton_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("BATON_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/baton");
+    assert!(
+        p.is_file(),
+        "{p:?} is missing: build it first (`cargo build -p baton-cli`) or set BATON_BIN"
+    );
+    std::fs::canonicalize(p).expect("canonical baton path")
+}
+
+fn sshd_bin() -> PathBuf {
+    let p = std::env::var_os("BATON_SSHD")
+        .map_or_else(|| PathBuf::from("/usr/sbin/sshd"), PathBuf::from);
+    assert!(
+        p.is_file(),
+        "{p:?} is missing: install openssh-server (apt-get install -y openssh-server) or set BATON_SSHD"
+    );
+    p
+}
+
+/// Runs a setup command to completion; panics unless it exits 0.
+async fn run_ok(program: &str, args: &[&str], cwd: &Path) {
+    let spec = CommandSpec::new(program, cwd).args(args).env("PATH", PATH);
+    let (process, mut events) = baton_exec::spawn_streaming(&spec).expect("spawn setup command");
+    let mut err = Vec::new();
+    while let Some(ev) = events.recv().await {
+        if let ProcessEvent::Output { chunk, .. } = ev {
+            err.extend_from_slice(&chunk);
+        }
+    }
+    let status = process.wait().await;
+    assert!(
+        status.success(),
+        "{program} {args:?}: {status} {}",
+        String::from_utf8_lossy(&err)
+    );
+}
+
+/// Starts sshd on a free loopback port; returns (sshd process, port, user key path).
+async fn start_sshd(dir: &Path) -> (Process, u16, PathBuf) {
+    // sshd refuses to start without its privilege-separation directory.
+    std::fs::create_dir_all("/run/sshd").expect("create /run/sshd (run the tests as root)");
+    let host_key = dir.join("host_key");
+    let user_key = dir.join("id_ed25519");
+    for key in [&host_key, &user_key] {
+        run_ok(
+            "ssh-keygen",
+            &[
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-f",
+                key.to_str().expect("utf8"),
+            ],
+            dir,
+        )
+        .await;
+    }
+    std::fs::copy(dir.join("id_ed25519.pub"), dir.join("authorized_keys"))
+        .expect("authorized_keys");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+        l.local_addr().expect("addr").port()
+    };
+    let config = dir.join("sshd_config");
+    std::fs::write(
+        &config,
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\n\
+             PidFile {}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
+             PermitRootLogin prohibit-password\nLogLevel INFO\n",
+            host_key.display(),
+            dir.join("authorized_keys").display(),
+            dir.join("sshd.pid").display(),
+        ),
+    )
+    .expect("sshd_config");
+    let spec = CommandSpec::new(sshd_bin(), dir)
+        .args(["-D", "-e", "-f"])
+        .arg(&config)
+        .env("PATH", PATH);
+    let process = baton_exec::spawn(&spec, SpawnOptions::streaming()).expect("spawn sshd");
+    let mut events = process.take_events().expect("events");
+    let mut log = Vec::new();
+    while !String::from_utf8_lossy(&log).contains("Server listening on") {
+        match tokio::time::timeout(T, events.recv())
+            .await
+            .expect("sshd ready in time")
+        {
+            Some(ProcessEvent::Output {
+                stream: Stream::Stderr | Stream::Stdout,
+                chunk,
+                ..
+            }) => log.extend_from_slice(&chunk),
+            other => panic!("sshd ended: {other:?}: {}", String::from_utf8_lossy(&log)),
+        }
+    }
+    tokio::spawn(async move { while events.recv().await.is_some() {} });
+    (process, port, user_key)
+}
+
+fn user() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "root".into())
+}
+
+async fn ssh() -> Harness {
+    let (tmp, base, read_root, outside) = Harness::layout();
+    let sshd_dir = base.join("sshd");
+    std::fs::create_dir_all(&sshd_dir).expect("mkdir");
+    let (sshd, port, key) = start_sshd(&sshd_dir).await;
+    let provider = SshProvider::new(&base.join("runner")).expect("provider");
+    let baton = baton_bin();
+    let destination = format!("{}@127.0.0.1", user());
+    Harness {
+        provider: Arc::new(provider),
+        base,
+        read_root,
+        outside,
+        make_destination: Box::new(move |ws: &Path, read_roots: &[PathBuf]| RunnerDestination {
+            id: "over-ssh".into(),
+            provider_id: "ssh".into(),
+            config: serde_json::json!({
+                "destination": destination,
+                "port": port,
+                "identity_file": key,
+                "ssh_options": [
+                    "StrictHostKeyChecking=no",
+                    "UserKnownHostsFile=/dev/null",
+                    "IdentitiesOnly=yes",
+                    "LogLevel=ERROR",
+                ],
+                "baton": baton,
+                "workspace": ws,
+                "read_roots": read_roots,
+            }),
+            default_manifest: Default::default(),
+        }),
+        next: AtomicUsize::new(0),
+        _guard: Box::new((tmp, sshd)),
+    }
+}
+
+contract_suite!(ssh);

@@ -516,9 +516,9 @@ impl Notifier {
         path_ptr: u64,
         empty_ok: bool,
     ) -> Result<Option<PathBuf>, Miss> {
-        // A NULL path fails with EFAULT (nothing touched), except that since Linux 6.11
-        // `statx(dirfd, NULL, AT_EMPTY_PATH)` means the fd itself, like an empty path (libuv
-        // probes the working directory this way).
+        // A NULL path fails with EFAULT and touches nothing (node/libuv makes such calls);
+        // since Linux 6.11 `statx(dirfd, NULL, AT_EMPTY_PATH)` means the fd itself, like an
+        // empty path. Either way it is handled as an empty path.
         let len = if path_ptr == 0 {
             0
         } else {

@@ -335,10 +335,10 @@ fn statically_linked_binary_with_threads_children_and_dirfd() {
 }
 
 #[test]
-fn null_path_with_empty_path_flag_is_not_unresolved() {
+fn null_path_is_not_an_unresolved_access() {
     let (_guard, dir) = workdir();
     let mut cmd = command(static_helper());
-    cmd.current_dir(&dir).arg("statx-null=_");
+    cmd.current_dir(&dir).arg("access-null=_");
     let log = trace_ok(cmd);
     assert_eq!(log.unresolved().total(), 0, "{:?}", log.unresolved());
 }

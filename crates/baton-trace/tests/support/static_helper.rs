@@ -4,7 +4,7 @@
 //
 // Arguments are operations run in order, each `op=argument`:
 //   read=PATH, write=PATH, stat=PATH, list=DIR, thread-read=PATH (in a new thread),
-//   statx-null=_ (statx with a NULL path and AT_EMPTY_PATH),
+//   access-null=_ (faccessat with a NULL path),
 //   openat=DIR:REL (openat(2) relative to an open directory fd), openat2=PATH (raw openat2(2),
 //   read-only, x86-64 and aarch64 number 437), connect=ADDR (TCP),
 //   child=OP (runs this program again with the single operation OP and waits).
@@ -67,13 +67,13 @@ fn main() {
                 let fd = unsafe { syscall(nr, -100i64, 8usize, 0i64) };
                 assert!(fd < 0, "openat of an unmapped pointer must fail");
             }
-            "statx-null" => {
-                // statx(AT_FDCWD, NULL, AT_EMPTY_PATH, STATX_BASIC_STATS, &buf): the working
-                // directory itself since Linux 6.11 (libuv probes this way), EFAULT before.
-                let nr = if cfg!(target_arch = "aarch64") { 291 } else { 332 };
-                let mut buf = [0u8; 256];
+            "access-null" => {
+                // faccessat(AT_FDCWD, NULL, F_OK): fails with EFAULT, touches nothing (seen
+                // from node/libuv); x86-64 number 269, aarch64 48.
+                let nr = if cfg!(target_arch = "aarch64") { 48 } else { 269 };
                 let _ = value;
-                unsafe { syscall(nr, -100i64, 0usize, 0x1000i64, 0x7ffi64, buf.as_mut_ptr()) };
+                let r = unsafe { syscall(nr, -100i64, 0usize, 0i64) };
+                assert!(r < 0, "faccessat(NULL) must fail");
             }
             "connect" => {
                 let mut stream = std::net::TcpStream::connect(value).expect("connect");

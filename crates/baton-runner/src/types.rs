@@ -446,3 +446,108 @@ pub enum RunnerEvent {
         message: String,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn destination_json_shape() {
+        let json = json!({
+            "id": "build1",
+            "provider_id": "exec-server",
+            "config": {"url": "ws://127.0.0.1:7070", "workspace": "/srv/ws", "token": {"id": "ws"}},
+            "default_manifest": {
+                "entries": [{"source": "/src", "target": "src", "writable": true}],
+                "mounts": [{
+                    "name": "data",
+                    "path": "mnt/data",
+                    "read_only": true,
+                    "intent": {"kind": "azure_blob", "uri": "az://c/p", "credentials": {"id": "az"}}
+                }]
+            }
+        });
+        let d: RunnerDestination = serde_json::from_value(json.clone()).expect("parse");
+        assert_eq!(
+            d.default_manifest.mounts[0].intent.kind,
+            RunnerMountKind::AzureBlob
+        );
+        assert_eq!(serde_json::to_value(&d).expect("encode"), json);
+        // Defaults: no config, no manifest, a mount without an intent is provider-native.
+        let d: RunnerDestination =
+            serde_json::from_value(json!({"id": "x", "provider_id": "local"})).expect("minimal");
+        assert!(d.config.is_null() && d.default_manifest == RunnerManifest::default());
+        let m: RunnerMount =
+            serde_json::from_value(json!({"name": "n", "path": "p", "read_only": false}))
+                .expect("mount");
+        assert_eq!(m.intent, RunnerMountIntent::default());
+        assert_eq!(
+            serde_json::to_value(RunnerMountIntent::default()).expect("encode"),
+            json!({"kind": "provider_native", "uri": ""})
+        );
+    }
+
+    #[test]
+    fn capabilities_default_missing_fields() {
+        let caps: RunnerCapabilities = serde_json::from_value(json!({
+            "command_exec": true, "file_read": true, "file_write": false,
+            "port_preview": false, "snapshots": false, "cancellation": true
+        }))
+        .expect("parse");
+        assert!(!caps.artifact_export);
+        assert_eq!(caps.mounts, RunnerMountCapabilities::default());
+    }
+
+    #[test]
+    fn events_and_requests_round_trip() {
+        let ev = RunnerEvent::Output {
+            seq: 1,
+            stream: RunnerStream::Stderr,
+            chunk: b"x".to_vec(),
+        };
+        let v = serde_json::to_value(&ev).expect("encode");
+        assert_eq!(v["type"], "output");
+        assert_eq!(
+            serde_json::from_value::<RunnerEvent>(v).expect("decode"),
+            ev
+        );
+        let req: RunnerCommandRequest =
+            serde_json::from_value(json!({"command_id": "c", "program": "ls"})).expect("req");
+        assert_eq!(
+            req,
+            RunnerCommandRequest::new("c", "ls", Vec::<String>::new())
+        );
+        let binding = ThreadRunnerBinding {
+            destination: serde_json::from_value(json!({"id": "x", "provider_id": "local"}))
+                .expect("dest"),
+            workspace: "/ws".into(),
+            read_roots: vec!["/ro".into()],
+        };
+        let back: ThreadRunnerBinding =
+            serde_json::from_value(serde_json::to_value(&binding).expect("encode"))
+                .expect("decode");
+        assert_eq!(back, binding);
+    }
+
+    #[test]
+    fn secret_ref_env_var_name() {
+        assert_eq!(
+            RunnerSecretRef {
+                id: "ws-token.v2".into()
+            }
+            .env_var(),
+            "BATON_SECRET_WS_TOKEN_V2"
+        );
+        let err = RunnerSecretRef {
+            id: "surely-unset-baton-test".into(),
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("BATON_SECRET_SURELY_UNSET_BATON_TEST"),
+            "{err}"
+        );
+    }
+}

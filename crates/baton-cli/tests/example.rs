@@ -34,11 +34,14 @@ fn copy_example() -> Fixture {
     f
 }
 
+/// Copies a tree, keeping symlinks; build outputs and caches of the example itself (not those
+/// inside `node_modules`) are left out.
 fn copy_tree(from: &Path, to: &Path) {
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
         let name = entry.file_name();
-        if name == ".baton" || name == "dist" {
+        let in_node_modules = from.components().any(|c| c.as_os_str() == "node_modules");
+        if !in_node_modules && (name == ".baton" || name == "dist") {
             continue;
         }
         let src = entry.path();
@@ -101,4 +104,68 @@ fn example_builds_hits_restores_and_invalidates() {
         "{}",
         app.stdout
     );
+}
+
+fn vite_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/vite-app")
+}
+
+/// A real `vite build` (Vite 8 reports to the runner through `VP_RUN_NODE_CLIENT_PATH`): cached
+/// with no configuration, `dist/` restored, a `VITE_*` change a miss.
+#[test]
+fn vite_build_is_cached_with_no_config() {
+    let dir = vite_dir();
+    if !dir.join("node_modules/.bin/vite").exists() {
+        let status = tool_command("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .status()
+            .expect("npm must be installed to run the example tests");
+        assert!(status.success(), "npm ci in {} failed", dir.display());
+    }
+    let f = Fixture::new(&[]);
+    copy_tree(&dir, f.root());
+    let env = [("VITE_API_URL", "https://a.example")];
+    let cold = f.baton_in("", &["run", "build"], &env);
+    assert_eq!(cold.code, 0, "{}", cold.snapshot());
+    assert!(!cold.stderr.contains("not cached"), "{}", cold.snapshot());
+    let bundle = |f: &Fixture| {
+        let assets = f.root().join("dist/assets");
+        let js = std::fs::read_dir(&assets)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "js"))
+            .expect("a JS bundle");
+        std::fs::read_to_string(js).unwrap()
+    };
+    assert!(bundle(&f).contains("https://a.example"));
+
+    let hit = f.baton_in("", &["run", "build"], &env);
+    assert!(
+        hit.stdout.contains("cache hit, replaying"),
+        "{}",
+        hit.snapshot()
+    );
+
+    std::fs::remove_dir_all(f.root().join("dist")).unwrap();
+    let restored = f.baton_in("", &["run", "build"], &env);
+    assert!(
+        restored.stdout.contains("cache hit"),
+        "{}",
+        restored.snapshot()
+    );
+    assert!(f.root().join("dist/index.html").exists());
+    assert!(bundle(&f).contains("https://a.example"));
+
+    let changed = f.baton_in(
+        "",
+        &["run", "build"],
+        &[("VITE_API_URL", "https://b.example")],
+    );
+    assert!(
+        changed.stdout.contains("cache miss: env VITE_* changed"),
+        "{}",
+        changed.snapshot()
+    );
+    assert!(bundle(&f).contains("https://b.example"));
 }

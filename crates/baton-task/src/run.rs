@@ -29,6 +29,7 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::env::{EnvKeyPart, TaskEnv};
 use crate::inputs::{FileSelection, IgnoreCache};
+use crate::ipc::{IpcServer, trackable_env, write_node_client};
 use crate::plan::{Plan, PlannedTask};
 use crate::traced::{TracedAccesses, classify};
 use crate::workspace::{Workspace, rel_slash};
@@ -255,6 +256,8 @@ struct Shared {
     ignores: IgnoreCache,
     /// Per task: how inputs are found, or why the task cannot be cached.
     modes: Vec<Result<InputMode, String>>,
+    /// The JS tool client (`VP_RUN_NODE_CLIENT_PATH`), written on first use.
+    node_client: std::sync::OnceLock<Option<PathBuf>>,
     /// External cancellation (Ctrl-C).
     cancel: CancelHandle,
     /// Stops everything: set on cancellation and, under fail-fast, after the first failure.
@@ -272,6 +275,16 @@ struct TaskOutcome {
     /// A digest standing for this task's result (its cache keys), used as a dependent's input
     /// when the task has no declared outputs.
     stamp: Digest,
+}
+
+impl Shared {
+    /// Writes the JS tool client into the cache directory once per run; `None` if that fails
+    /// (tools built on vite-task-client then run as outside Baton).
+    fn node_client(&self) -> Option<&Path> {
+        self.node_client
+            .get_or_init(|| write_node_client(&self.opts.cache_dir.join("tool-client")).ok())
+            .as_deref()
+    }
 }
 
 impl TaskOutcome {
@@ -361,6 +374,7 @@ pub async fn run_plan(
         nested,
         ignores: IgnoreCache::new(),
         modes,
+        node_client: std::sync::OnceLock::new(),
         cancel: cancel.clone(),
         stop: CancelHandle::new(),
     });
@@ -531,16 +545,21 @@ async fn run_task(
             let fp = fingerprint_inputs(&sh2, &paths, &deps2);
             let store = sh2.store.as_ref().expect("cacheable implies a store");
             let probe_fn = |paths: &[&str]| store.fingerprint_paths(&sh2.ws.root, paths);
+            // Variables a tool may have tracked through the IPC (config's untrackedEnv never).
+            let trackable = trackable_env(
+                &sh2.opts.parent_env,
+                task.config.untracked_env.as_deref().unwrap_or(&[]),
+            );
             let res: Result<Vec<Lookup>, String> = match &fp {
                 Ok(fp) => {
                     let current = if traced {
                         CurrentInputs {
                             known: fp,
                             probe: Probe::With(&probe_fn),
-                            env: None,
+                            env: Some(&trackable),
                         }
                     } else {
-                        CurrentInputs::complete(fp)
+                        CurrentInputs::complete(fp).with_env(&trackable)
                     };
                     keys.iter()
                         .map(|(key, spawn)| {
@@ -583,6 +602,7 @@ async fn run_task(
         .await
         .expect("lookup does not panic");
         let (paths, fp, res, r) = looked;
+        tracing::debug!(task = %task.id, inputs = paths.len(), "looked up");
         input_paths_list = Arc::new(paths);
         pre = fp;
         restores = r;
@@ -961,8 +981,46 @@ async fn run_item(
     // With several items, an item's outputs are the matching files it created or changed.
     let before = (globbed_outputs && task.items.len() > 1).then(|| output_stats(sh, task));
     let trace = ctx.traced && matches!(status, CacheStatus::Miss(_));
-    let run = execute(sh, task, item, prep.spec.clone(), trace).await;
+    // Tools talk back through a per-item IPC server (ignore a path, read a tracked env var,
+    // disable caching); its variables are not part of the cache key.
+    let mut spec = prep.spec.clone();
+    let ipc = match IpcServer::start(
+        sh.opts.parent_env.clone(),
+        task.config.untracked_env.clone().unwrap_or_default(),
+    ) {
+        Ok(server) => {
+            spec.env.extend(server.child_env());
+            if let Some(path) = sh.node_client() {
+                spec.env
+                    .push((baton_protocol::tool::ENV_VP_NODE_CLIENT.into(), path.into()));
+            }
+            Some(server)
+        }
+        Err(e) => {
+            sh.reporter.event(RunEvent::Note {
+                task: task.index,
+                item,
+                message: format!("tool IPC unavailable: {e}"),
+            });
+            None
+        }
+    };
+    tracing::debug!(task = %task.id, item, trace, "spawning");
+    let mut run = execute(sh, task, item, spec, trace).await;
+    let reports = match ipc {
+        Some(server) => Some(server.finish().await),
+        None => None,
+    };
     let duration = started.elapsed();
+    // What tools asked to ignore is neither an automatic input nor an output.
+    if let (Some(Ok(t)), Some(r)) = (run.trace.as_mut(), reports.as_ref()) {
+        let root = &sh.ws.root;
+        t.inputs.retain(|p| !r.ignores_input(&root.join(p)));
+        t.outputs.retain(|p| !r.ignores_output(&root.join(p)));
+        t.conflicts
+            .retain(|p| !r.ignores_input(&root.join(p)) && !r.ignores_output(&root.join(p)));
+    }
+    tracing::debug!(task = %task.id, item, code = run.exit_code, ?duration, "finished");
     let mut outputs = Vec::new();
     let mut stamp = fresh_stamp();
     if run.exit_code != 0 || run.interrupted {
@@ -980,8 +1038,11 @@ async fn run_item(
     };
     // What tracing says, or why the result cannot be stored.
     let mut traced_inputs: Vec<String> = Vec::new();
-    let mut refuse: Option<String> = None;
-    if ctx.traced {
+    let mut refuse: Option<String> = reports
+        .as_ref()
+        .and_then(|r| r.cache_disabled_reason())
+        .map(|why| format!("not cached: {why}"));
+    if ctx.traced && refuse.is_none() {
         match &run.trace {
             Some(Ok(t)) => {
                 if !globbed_outputs {
@@ -1072,6 +1133,9 @@ async fn run_item(
                 Err(e) => return (Some(format!("not cached: {e}")), Some(post), None),
             }
         }
+        if let Some(r) = &reports {
+            r.record_env_inputs(&mut inputs);
+        }
         let entry = NewEntry {
             task_id: &key,
             spawn: &spawn,
@@ -1089,6 +1153,7 @@ async fn run_item(
     })
     .await
     .expect("store does not panic");
+    tracing::debug!(task = %task.id, item, stored = note.is_none(), "stored");
     if let Some(st) = st {
         stamp = st;
     }

@@ -1,0 +1,3 @@
+export function greet(api) {
+  return `Hello from Vite, talking to ${api}`;
+}

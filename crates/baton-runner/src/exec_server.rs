@@ -32,10 +32,10 @@ use crate::proxy::ConnHandler;
 use crate::{
     Access, PathPolicy, RunnerArtifactExportRequest, RunnerArtifactExportResult,
     RunnerCapabilities, RunnerCommandRequest, RunnerDestination, RunnerError, RunnerEvent,
-    RunnerFileReadRequest, RunnerFileReadResult, RunnerFileWriteRequest, RunnerMountCapabilities,
-    RunnerPortRequest, RunnerPortResult, RunnerProcess, RunnerProvider, RunnerSecretRef,
-    RunnerSession, RunnerSessionState, RunnerSnapshotRef, RunnerStores, RunnerStream,
-    check_no_secrets, compress, decompress, normalize_lexically,
+    RunnerFileReadRequest, RunnerFileReadResult, RunnerFileWriteRequest, RunnerMount,
+    RunnerMountCapabilities, RunnerPortRequest, RunnerPortResult, RunnerProcess, RunnerProvider,
+    RunnerSecretRef, RunnerSession, RunnerSessionState, RunnerSnapshotRef, RunnerStores,
+    RunnerStream, check_no_secrets, compress, decompress, normalize_lexically,
 };
 
 /// The provider id of [`ExecServerProvider`].
@@ -257,6 +257,9 @@ struct RemoteMeta {
     resolved_workspace: PathBuf,
     resolved_read_roots: Vec<PathBuf>,
     server_session_id: String,
+    /// Object-storage mounts synced back on close.
+    #[serde(default)]
+    mounts: Vec<RunnerMount>,
 }
 
 /// The shared implementation of the exec-server and ssh providers.
@@ -310,6 +313,7 @@ impl RemoteProvider {
             resolved_read_roots: lines.collect(),
             server_session_id: client.session_id(),
             transport,
+            mounts: Vec::new(),
         };
         let session = Arc::new(RemoteSession::new(
             client,
@@ -329,6 +333,7 @@ impl RemoteProvider {
             session.close().await.ok();
             return Err(e);
         }
+        *lock(&session.mounts) = destination.default_manifest.mounts.clone();
         Ok(session)
     }
 
@@ -398,7 +403,10 @@ pub(crate) fn exec_server_capabilities() -> RunnerCapabilities {
         snapshots: true,
         cancellation: true,
         artifact_export: true,
-        mounts: RunnerMountCapabilities::default(),
+        mounts: RunnerMountCapabilities {
+            s3: true,
+            ..RunnerMountCapabilities::default()
+        },
     }
 }
 
@@ -517,6 +525,7 @@ struct RemoteSession {
     stores: RunnerStores,
     path_env: String,
     commands: Commands,
+    mounts: Mutex<Vec<RunnerMount>>,
     pumps: Mutex<Vec<JoinHandle<()>>>,
     shutdown: watch::Sender<bool>,
     ports: Mutex<Vec<JoinHandle<()>>>,
@@ -618,6 +627,7 @@ impl RemoteSession {
             .map_err(|e| RunnerError::InvalidDestination(format!("cannot encode state: {e}")))?;
         check_no_secrets(&metadata)?;
         let path_env = meta.transport.path_env();
+        let mounts = meta.mounts.clone();
         Ok(Self {
             client,
             provider_id: meta.transport.provider_id(),
@@ -632,6 +642,7 @@ impl RemoteSession {
             stores,
             path_env,
             commands: Arc::default(),
+            mounts: Mutex::new(mounts),
             pumps: Mutex::default(),
             shutdown: watch::channel(false).0,
             ports: Mutex::default(),
@@ -802,7 +813,14 @@ fn stream_of(s: OutputStream) -> RunnerStream {
 #[async_trait]
 impl RunnerSession for RemoteSession {
     fn state(&self) -> RunnerSessionState {
-        self.state.clone()
+        let mut state = self.state.clone();
+        let mounts = lock(&self.mounts);
+        if let (serde_json::Value::Object(meta), Ok(v)) =
+            (&mut state.metadata, serde_json::to_value(&*mounts))
+        {
+            meta.insert("mounts".into(), v);
+        }
+        state
     }
 
     fn capabilities(&self) -> RunnerCapabilities {
@@ -943,6 +961,15 @@ impl RunnerSession for RemoteSession {
         Ok(RunnerFileReadResult { path, contents })
     }
 
+    async fn create_dir(&self, path: &Path) -> Result<(), RunnerError> {
+        self.ensure_open()?;
+        let resolved = self.resolve(path, Access::Write).await?;
+        self.client
+            .create_directory(&resolved, true)
+            .await
+            .map_err(|e| not_found_or(path, e))
+    }
+
     async fn write_file(&self, request: RunnerFileWriteRequest) -> Result<(), RunnerError> {
         self.ensure_open()?;
         let path = self.resolve(&request.path, Access::Write).await?;
@@ -1030,6 +1057,16 @@ impl RunnerSession for RemoteSession {
     }
 
     async fn close(&self) -> Result<(), RunnerError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mounts = std::mem::take(&mut *lock(&self.mounts));
+        let mut sync_error = None;
+        for mount in &mounts {
+            if let Err(e) = crate::s3::sync_out(self, mount, self.provider_id).await {
+                sync_error.get_or_insert(e);
+            }
+        }
         if self.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
@@ -1052,6 +1089,6 @@ impl RunnerSession for RemoteSession {
         .await;
         self.shutdown.send_replace(true);
         self.client.close();
-        Ok(())
+        sync_error.map_or(Ok(()), Err)
     }
 }

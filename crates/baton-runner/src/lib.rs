@@ -17,7 +17,7 @@
 //! | `port_preview` | yes (local TCP proxy) | yes (TCP proxy tunnelled through a `bash` `/dev/tcp` bridge process over the exec-server connection) |
 //! | `snapshots` | yes (tar+zstd, store on this host) | yes (remote `tar` streamed back, zstd here) |
 //! | `artifact_export` | yes | yes |
-//! | `mounts` | none yet | none yet |
+//! | `mounts` | `s3` (S3-compatible over http: synced in on create, out on close) | `s3` (same) |
 //!
 //! An operation a provider cannot do returns [`RunnerError::Unsupported`], never a no-op (for
 //! example a manifest with mounts).
@@ -40,6 +40,7 @@ mod manifest;
 mod paths;
 mod process;
 mod proxy;
+mod s3;
 mod secrets;
 mod store;
 mod types;
@@ -56,6 +57,7 @@ pub use exec_server::{
 pub use local::{LOCAL_PROVIDER_ID, LocalConfig, LocalProvider};
 pub use paths::{Access, PathPolicy, normalize_lexically, resolve_real};
 pub use process::{CollectedOutput, RunnerProcess};
+pub use s3::{S3Client, S3Credentials, S3Location};
 pub use secrets::{SECRET_KEY_FRAGMENTS, check_no_secrets};
 pub use store::{
     ContentStore, RunnerStores, ZSTD_LEVEL, compress, decompress, tar_dir, untar_into,
@@ -188,6 +190,12 @@ pub trait RunnerSession: Send + Sync + 'static {
         request: RunnerFileReadRequest,
     ) -> Result<RunnerFileReadResult, RunnerError>;
 
+    /// Creates a directory and its missing parents (write rules).
+    ///
+    /// # Errors
+    /// [`RunnerError::AccessDenied`], I/O and connection errors.
+    async fn create_dir(&self, path: &std::path::Path) -> Result<(), RunnerError>;
+
     /// Writes a file (write rules), creating missing parent directories.
     ///
     /// # Errors
@@ -220,11 +228,12 @@ pub trait RunnerSession: Send + Sync + 'static {
     /// [`RunnerError::Unsupported`], I/O and connection errors.
     async fn snapshot(&self) -> Result<RunnerSnapshotRef, RunnerError>;
 
-    /// Kills every running command, stops exposed ports, and releases the session (a local
-    /// workspace created for the session is removed). Idempotent.
+    /// Syncs writable object-storage mounts back, kills every running command, stops exposed
+    /// ports, and releases the session (a local workspace created for the session is removed).
+    /// Idempotent. The session is closed even when the mount sync fails.
     ///
     /// # Errors
-    /// I/O errors removing the workspace.
+    /// The first mount-sync error; I/O errors removing the workspace.
     async fn close(&self) -> Result<(), RunnerError>;
 }
 

@@ -15,10 +15,10 @@ use crate::process::StdinOp;
 use crate::{
     Access, PathPolicy, RunnerArtifactExportRequest, RunnerArtifactExportResult,
     RunnerCapabilities, RunnerCommandRequest, RunnerDestination, RunnerError, RunnerEvent,
-    RunnerFileReadRequest, RunnerFileReadResult, RunnerFileWriteRequest, RunnerMountCapabilities,
-    RunnerPortRequest, RunnerPortResult, RunnerProcess, RunnerProvider, RunnerSession,
-    RunnerSessionState, RunnerSnapshotRef, RunnerStores, RunnerStream, check_no_secrets, compress,
-    decompress, tar_dir, untar_into,
+    RunnerFileReadRequest, RunnerFileReadResult, RunnerFileWriteRequest, RunnerMount,
+    RunnerMountCapabilities, RunnerPortRequest, RunnerPortResult, RunnerProcess, RunnerProvider,
+    RunnerSession, RunnerSessionState, RunnerSnapshotRef, RunnerStores, RunnerStream,
+    check_no_secrets, compress, decompress, tar_dir, untar_into,
 };
 
 /// The provider id of [`LocalProvider`].
@@ -46,6 +46,9 @@ struct LocalMeta {
     read_roots: Vec<PathBuf>,
     owns_workspace: bool,
     path: String,
+    /// Object-storage mounts synced back on close.
+    #[serde(default)]
+    mounts: Vec<RunnerMount>,
 }
 
 /// Sessions in directories of this host.
@@ -123,6 +126,7 @@ impl LocalProvider {
             read_roots: config.read_roots,
             owns_workspace,
             path: config.path.unwrap_or_else(default_path),
+            mounts: Vec::new(),
         };
         let session = Arc::new(LocalSession::open(
             session_id,
@@ -138,6 +142,7 @@ impl LocalProvider {
             session.close().await.ok();
             return Err(e);
         }
+        *lock(&session.mounts) = destination.default_manifest.mounts.clone();
         Ok(session)
     }
 }
@@ -156,7 +161,10 @@ pub(crate) fn local_capabilities() -> RunnerCapabilities {
         snapshots: true,
         cancellation: true,
         artifact_export: true,
-        mounts: RunnerMountCapabilities::default(),
+        mounts: RunnerMountCapabilities {
+            s3: true,
+            ..RunnerMountCapabilities::default()
+        },
     }
 }
 
@@ -227,6 +235,7 @@ struct LocalSession {
     policy: PathPolicy,
     stores: RunnerStores,
     commands: Commands,
+    mounts: Mutex<Vec<RunnerMount>>,
     ports: Mutex<Vec<JoinHandle<()>>>,
     closed: AtomicBool,
 }
@@ -244,6 +253,7 @@ impl LocalSession {
         stores: RunnerStores,
     ) -> Result<Self, RunnerError> {
         let policy = PathPolicy::local(&meta.workspace, &meta.read_roots)?;
+        let mounts = meta.mounts.clone();
         let metadata = serde_json::to_value(&meta)
             .map_err(|e| RunnerError::InvalidDestination(format!("cannot encode state: {e}")))?;
         check_no_secrets(&metadata)?;
@@ -259,6 +269,7 @@ impl LocalSession {
             policy,
             stores,
             commands: Arc::default(),
+            mounts: Mutex::new(mounts),
             ports: Mutex::default(),
             closed: AtomicBool::new(false),
         })
@@ -291,7 +302,14 @@ fn stream_of(s: Stream) -> RunnerStream {
 #[async_trait]
 impl RunnerSession for LocalSession {
     fn state(&self) -> RunnerSessionState {
-        self.state.clone()
+        let mut state = self.state.clone();
+        let mounts = lock(&self.mounts);
+        if let (serde_json::Value::Object(meta), Ok(v)) =
+            (&mut state.metadata, serde_json::to_value(&*mounts))
+        {
+            meta.insert("mounts".into(), v);
+        }
+        state
     }
 
     fn capabilities(&self) -> RunnerCapabilities {
@@ -408,6 +426,14 @@ impl RunnerSession for LocalSession {
         Ok(RunnerFileReadResult { path, contents })
     }
 
+    async fn create_dir(&self, path: &Path) -> Result<(), RunnerError> {
+        self.ensure_open()?;
+        let resolved = self.policy.resolve_local(path, Access::Write)?;
+        tokio::fs::create_dir_all(&resolved)
+            .await
+            .map_err(|e| RunnerError::io(format!("cannot create directory {path:?}"), e))
+    }
+
     async fn write_file(&self, request: RunnerFileWriteRequest) -> Result<(), RunnerError> {
         self.ensure_open()?;
         let path = self.policy.resolve_local(&request.path, Access::Write)?;
@@ -497,6 +523,16 @@ impl RunnerSession for LocalSession {
     }
 
     async fn close(&self) -> Result<(), RunnerError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mounts = std::mem::take(&mut *lock(&self.mounts));
+        let mut sync_error = None;
+        for mount in &mounts {
+            if let Err(e) = crate::s3::sync_out(self, mount, LOCAL_PROVIDER_ID).await {
+                sync_error.get_or_insert(e);
+            }
+        }
         if self.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
@@ -517,7 +553,7 @@ impl RunnerSession for LocalSession {
             .await
             .map_err(|e| RunnerError::io("workspace removal task failed", e.into()))??;
         }
-        Ok(())
+        sync_error.map_or(Ok(()), Err)
     }
 }
 

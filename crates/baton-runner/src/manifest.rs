@@ -7,7 +7,8 @@ use crate::{
     RunnerCommandRequest, RunnerError, RunnerFileWriteRequest, RunnerManifest, RunnerSession,
 };
 
-/// Applies `manifest`: refuses mounts (no provider syncs them yet), then copies each entry's
+/// Applies `manifest`: syncs each mount in (S3 only; other kinds are
+/// [`RunnerError::Unsupported`]), then copies each entry's
 /// `source` (absolute, on this host; a file, or a directory copied recursively — symlinks and
 /// empty subdirectories are skipped) to `target` in the workspace; a non-writable entry is then
 /// made read-only with `chmod -R a-w` on the runner.
@@ -16,11 +17,8 @@ pub(crate) async fn apply(
     manifest: &RunnerManifest,
     provider: &str,
 ) -> Result<(), RunnerError> {
-    if let Some(mount) = manifest.mounts.first() {
-        return Err(RunnerError::unsupported(
-            &format!("mount {:?} ({:?})", mount.name, mount.intent.kind),
-            provider,
-        ));
+    for mount in &manifest.mounts {
+        crate::s3::sync_in(session, mount, provider).await?;
     }
     for entry in &manifest.entries {
         if !entry.source.is_absolute() {
@@ -31,9 +29,7 @@ pub(crate) async fn apply(
         }
         let files = list_files(&entry.source)?;
         if files.is_empty() {
-            session
-                .run_command(mkdir_request(&session.paths().absolutize(&entry.target)))
-                .await?;
+            session.create_dir(&entry.target).await?;
         }
         for (rel, abs) in files {
             let contents = tokio::fs::read(&abs)
@@ -74,16 +70,6 @@ pub(crate) async fn apply(
         }
     }
     Ok(())
-}
-
-fn mkdir_request(path: &Path) -> RunnerCommandRequest {
-    let mut req = RunnerCommandRequest::new(
-        format!("manifest-mkdir-{}", crate::fresh_id()),
-        "mkdir",
-        ["-p", "--"],
-    );
-    req.args.push(path.to_string_lossy().into_owned());
-    req
 }
 
 /// Regular files under `source` as (relative path, absolute path); a file source yields one

@@ -654,14 +654,16 @@ pub async fn manifest_is_copied_in(h: &Harness) {
         path: "mnt/data".into(),
         read_only: true,
         intent: RunnerMountIntent {
-            kind: RunnerMountKind::S3,
-            uri: "s3://bucket/prefix".into(),
-            credentials: Some(RunnerSecretRef { id: "s3-ro".into() }),
+            kind: RunnerMountKind::Gcs,
+            uri: "gs://bucket/prefix".into(),
+            credentials: Some(RunnerSecretRef {
+                id: "gcs-ro".into(),
+            }),
         },
     }];
     match h.provider.create_session(mounted).await.map(|_| ()) {
         Err(RunnerError::Unsupported { provider, .. }) => assert_eq!(provider, h.provider.id()),
-        other => panic!("mounts must be refused as unsupported, got {other:?}"),
+        other => panic!("gcs mounts must be refused as unsupported, got {other:?}"),
     }
 }
 

@@ -26,12 +26,15 @@ enum Command {
     ExecServer(Box<exec_server::ExecServerArgs>),
     /// Run one command on an exec server and stream its output.
     Exec(Box<exec::ExecArgs>),
+    /// Workspaces anywhere (local:DIR, ws://, ssh://): exec, snapshots, artifacts.
+    Runner(Box<runner_cmd::RunnerArgs>),
 }
 
 mod cache_cmd;
 mod exec;
 mod exec_server;
 mod run;
+mod runner_cmd;
 mod style;
 
 fn main() -> ExitCode {
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         Command::Cache(args) => cache_cmd::main(args),
         Command::ExecServer(args) => exec_server::main(*args),
         Command::Exec(args) => exec::main(*args),
+        Command::Runner(args) => runner_cmd::main(*args),
     };
     match result {
         Ok(code) => code,

@@ -298,6 +298,29 @@ impl TaskOutcome {
     }
 }
 
+/// Messages from running tasks to the scheduler.
+enum SchedMsg {
+    /// The task's processes are done; its concurrency slot is free (it may still be storing).
+    SlotFree(usize),
+    /// The task is finished.
+    Done(usize, TaskOutcome, Vec<ItemResult>),
+}
+
+/// A task's concurrency slot, released once (explicitly, or when the task is done).
+struct Slot {
+    tx: mpsc::UnboundedSender<SchedMsg>,
+    task: usize,
+    released: AtomicBool,
+}
+
+impl Slot {
+    fn release(&self) {
+        if !self.released.swap(true, Ordering::SeqCst) {
+            let _ = self.tx.send(SchedMsg::SlotFree(self.task));
+        }
+    }
+}
+
 /// Runs a plan to completion. Items stream their events to `reporter`.
 pub async fn run_plan(
     ws: Arc<Workspace>,
@@ -408,7 +431,7 @@ pub async fn run_plan(
     }
     let mut outcomes: Vec<Option<TaskOutcome>> = vec![None; n];
     let mut summary = RunSummary::default();
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(usize, TaskOutcome, Vec<ItemResult>)>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<SchedMsg>();
     let limit = if shared.opts.parallel {
         n.max(1)
     } else {
@@ -416,13 +439,16 @@ pub async fn run_plan(
     };
     // Ready tasks start in plan order, so a run with --concurrency 1 is deterministic.
     let mut ready: BTreeSet<usize> = (0..n).filter(|&i| remaining[i] == 0).collect();
-    let mut running = 0usize;
-    let mut finished = 0usize;
+    // `busy`: concurrency slots in use; a task frees its slot when its last process exits, so
+    // storing its result overlaps the next task's run. `in_flight`: tasks not done yet.
+    let mut busy = 0usize;
+    let mut in_flight = 0usize;
+    let mut slot_freed = vec![false; n];
     let mut blocked = vec![false; n];
 
     loop {
         if !shared.stop.is_cancelled() {
-            while running < limit
+            while busy < limit
                 && let Some(i) = ready.pop_first()
             {
                 let dep_outcomes: Vec<TaskOutcome> = plan.tasks[i]
@@ -432,21 +458,38 @@ pub async fn run_plan(
                     .collect();
                 let sh = shared.clone();
                 let tx = done_tx.clone();
-                running += 1;
+                busy += 1;
+                in_flight += 1;
                 tokio::spawn(async move {
-                    let (outcome, results) = run_task(&sh, i, dep_outcomes).await;
-                    let _ = tx.send((i, outcome, results));
+                    let slot = Slot {
+                        tx: tx.clone(),
+                        task: i,
+                        released: AtomicBool::new(false),
+                    };
+                    let (outcome, results) = run_task(&sh, i, dep_outcomes, &slot).await;
+                    let _ = tx.send(SchedMsg::Done(i, outcome, results));
                 });
             }
         }
-        if running == 0 {
+        if in_flight == 0 {
             break;
         }
-        let Some((i, outcome, results)) = done_rx.recv().await else {
+        let Some(msg) = done_rx.recv().await else {
             break;
         };
-        running -= 1;
-        finished += 1;
+        let (i, outcome, results) = match msg {
+            SchedMsg::SlotFree(i) => {
+                if !std::mem::replace(&mut slot_freed[i], true) {
+                    busy -= 1;
+                }
+                continue;
+            }
+            SchedMsg::Done(i, outcome, results) => (i, outcome, results),
+        };
+        in_flight -= 1;
+        if !std::mem::replace(&mut slot_freed[i], true) {
+            busy -= 1;
+        }
         for r in &results {
             if r.exit_code != 0 && !r.interrupted && summary.failure.is_none() {
                 summary.failure = Some(r.exit_code);
@@ -468,7 +511,6 @@ pub async fn run_plan(
             }
         }
     }
-    let _ = finished;
     for (i, o) in outcomes.iter().enumerate() {
         if o.is_none() {
             summary.skipped.push(i);
@@ -501,6 +543,7 @@ async fn run_task(
     sh: &Arc<Shared>,
     index: usize,
     deps: Vec<TaskOutcome>,
+    slot: &Slot,
 ) -> (TaskOutcome, Vec<ItemResult>) {
     let task = &sh.plan.tasks[index];
     let mode = sh.modes[index].clone();
@@ -704,6 +747,7 @@ async fn run_task(
             task,
             item,
             prep,
+            slot,
             traced: mode == Ok(InputMode::Traced),
             paths: &input_paths_list,
             dep_inputs: &dep_inputs,
@@ -754,6 +798,8 @@ struct ItemContext<'a> {
     task: &'a PlannedTask,
     item: usize,
     prep: &'a Prepared,
+    /// Released after the task's last process exits.
+    slot: &'a Slot,
     /// Trace the process tree for inputs and outputs.
     traced: bool,
     /// Input paths known before the run (globs, package files, dependency outputs).
@@ -1007,6 +1053,9 @@ async fn run_item(
     };
     tracing::debug!(task = %task.id, item, trace, "spawning");
     let mut run = execute(sh, task, item, spec, trace).await;
+    if item + 1 == task.items.len() || run.exit_code != 0 {
+        ctx.slot.release();
+    }
     let reports = match ipc {
         Some(server) => Some(server.finish().await),
         None => None,

@@ -236,3 +236,62 @@ fn without_tracing_a_task_runs_uncached_and_says_why() {
     insta::assert_snapshot!("auto_trace_disabled", r.snapshot());
     assert_eq!(f.read("o.txt"), "x");
 }
+
+/// Builds (if needed) and locates `baton-tool-demo`, the command-line wrapper of the Rust client.
+fn tool_demo() -> std::path::PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = common::tool_command(&cargo)
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "baton-tool",
+            "--bin",
+            "baton-tool-demo",
+            "--message-format=json",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo build baton-tool-demo");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| {
+            (v["target"]["name"] == "baton-tool-demo")
+                .then(|| v["executable"].as_str().map(std::path::PathBuf::from))
+                .flatten()
+        })
+        .expect("the build reports the executable")
+}
+
+/// The Rust client (`baton-tool`) reads a tracked variable through Baton; a non-UTF-8 value is
+/// byte-exact in the key.
+#[test]
+fn rust_client_tracks_env_byte_exact() {
+    use std::os::unix::ffi::OsStrExt;
+    let demo = tool_demo();
+    let f = single(&format!(
+        r#"{{ "build": "{} get-env RAW_VALUE > out.txt" }}"#,
+        demo.display()
+    ));
+    let run = |value: &[u8]| {
+        let mut cmd = f.command("", &["run", "build"], &[]);
+        cmd.env("RAW_VALUE", std::ffi::OsStr::from_bytes(value));
+        f.finish(cmd.output().unwrap())
+    };
+    let first = run(b"\xff\xfeA");
+    assert_eq!(first.code, 0, "{}", first.snapshot());
+    assert_eq!(f.read("out.txt"), "RAW_VALUE=fffe41\n");
+    assert!(run(b"\xff\xfeA").stdout.contains("cache hit"));
+    let changed = run(b"\xff\xfdA");
+    assert!(
+        changed.stdout.contains("cache miss: env RAW_VALUE changed"),
+        "{}",
+        changed.stdout
+    );
+}

@@ -9,29 +9,49 @@
 //!
 //! # Providers
 //!
-//! | capability | [`LocalProvider`] (`local`) | [`ExecServerProvider`] (`exec-server`) |
-//! |---|---|---|
-//! | `command_exec` (run, spawn, stdin) | yes (baton-exec) | yes (`process/*`) |
-//! | `cancellation` (tree killed) | yes (process group SIGKILL) | yes (`process/terminate`) |
-//! | `file_read` / `file_write` | yes | yes (`fs/*`, paths checked with remote `realpath -m`) |
-//! | `port_preview` | yes (local TCP proxy) | yes (TCP proxy tunnelled through a `bash` `/dev/tcp` bridge process over the exec-server connection) |
-//! | `snapshots` | yes (tar+zstd, store on this host) | yes (remote `tar` streamed back, zstd here) |
-//! | `artifact_export` | yes | yes |
-//! | `mounts` | `s3` (S3-compatible over http: synced in on create, out on close) | `s3` (same) |
+//! | capability | [`LocalProvider`] (`local`) | [`ExecServerProvider`] (`exec-server`) | [`SshProvider`] (`ssh`) |
+//! |---|---|---|---|
+//! | `command_exec` (run, spawn, stdin) | yes (baton-exec) | yes (`process/*` over WebSocket) | yes (`process/*` over ssh stdio) |
+//! | `cancellation` (tree killed) | yes (process-group SIGKILL) | yes (`process/terminate`) | yes (same) |
+//! | `file_read` / `file_write` | yes | yes (`fs/*`; paths checked with a remote `realpath -m`) | yes (same) |
+//! | `port_preview` | yes (loopback TCP proxy) | yes (loopback proxy tunnelled through a `bash` `/dev/tcp` bridge process over the connection; no port opened to the network) | yes (same) |
+//! | `snapshots` | yes (tar+zstd) | yes (remote `tar` streamed back, zstd here) | yes (same) |
+//! | `artifact_export` | yes | yes | yes |
+//! | `mounts.s3` | yes | yes | yes |
+//! | `mounts.{gcs,r2,azure_blob,box_storage,provider_native}` | no | no | no |
+//! | resume after a dropped connection | n/a (state resume reopens the directory) | yes (client reconnects, `resumeSessionId`, catch-up; state resume within the server's session TTL) | no (the stdio server ends with ssh; state resume reconnects to the same workspace, files persist, processes are gone) |
 //!
 //! An operation a provider cannot do returns [`RunnerError::Unsupported`], never a no-op (for
-//! example a manifest with mounts).
+//! example a GCS mount).
+//!
+//! Remote runner hosts need `bash`, `tar`, `realpath`, `chmod` and `find` (GNU coreutils /
+//! findutils) besides the exec server; ssh hosts need `baton` (see [`SshConfig::baton`]).
 //!
 //! # Stores
 //!
 //! Snapshots and artifacts go to content-addressed stores on *this* host ([`RunnerStores`]):
 //! ids are hex BLAKE3 of the stored bytes, so the backend can serve artifacts by id.
 //!
+//! # Mounts
+//!
+//! [`RunnerMountKind::S3`] mounts (URI `s3://BUCKET/PREFIX?endpoint=http://HOST:PORT&region=R`,
+//! see [`S3Location`]) are synced into the mount path when a session is created and, unless
+//! `read_only`, back on [`RunnerSession::close`] (uploads every file, deletes objects whose file
+//! is gone). The sync runs on this host through the session API, so it works for every provider.
+//! Credentials: a [`RunnerSecretRef`] whose value is `ACCESS_KEY_ID:SECRET_ACCESS_KEY`
+//! (requests are SigV4-signed); none means anonymous. Only `http://` endpoints so far.
+//!
 //! # Secrets
 //!
 //! Destination configs, session state and snapshot metadata are checked with
 //! [`check_no_secrets`]; credentials are [`RunnerSecretRef`]s resolved from
 //! `BATON_SECRET_<ID>` environment variables of the process that uses them.
+//!
+//! # Tests
+//!
+//! `tests/contract/mod.rs` is one set of assertions run for every provider (`tests/local.rs`,
+//! `tests/exec_server.rs` against a real `baton exec-server`, `tests/ssh.rs` against a real
+//! OpenSSH `sshd` on loopback); `tests/s3.rs` syncs mounts with a real `moto_server`.
 
 mod error;
 mod exec_server;

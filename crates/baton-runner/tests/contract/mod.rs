@@ -544,6 +544,102 @@ pub async fn port_exposure_reaches_a_server(h: &Harness) {
     s.close().await.expect("close");
 }
 
+/// A minimal WebSocket echo server (RFC 6455 handshake and frames) for the port test.
+const WS_ECHO_PY: &str = r#"
+import base64, hashlib, socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(4)
+print("port", s.getsockname()[1], "ready", flush=True)
+def exact(c, n):
+    b = b""
+    while len(b) < n:
+        d = c.recv(n - len(b))
+        if not d:
+            raise EOFError
+        b += d
+    return b
+while True:
+    c, _ = s.accept()
+    req = b""
+    while b"\r\n\r\n" not in req:
+        req += c.recv(4096)
+    key = [l.split(b":", 1)[1].strip() for l in req.split(b"\r\n") if l.lower().startswith(b"sec-websocket-key:")][0]
+    acc = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+    c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " + acc + b"\r\n\r\n")
+    try:
+        while True:
+            b0, b1 = exact(c, 2)
+            n = b1 & 0x7F
+            if n == 126:
+                n = int.from_bytes(exact(c, 2), "big")
+            mask = exact(c, 4)
+            data = bytes(x ^ mask[i % 4] for i, x in enumerate(exact(c, n)))
+            op = b0 & 0x0F
+            if op == 1:
+                data = b"echo: " + data
+            c.sendall(bytes([0x80 | op, len(data)]) + data)
+            if op == 8:
+                break
+    except EOFError:
+        pass
+    c.close()
+"#;
+
+/// A WebSocket server inside the workspace is reached through the exposed URL with a real
+/// WebSocket client (upgrade, then frames both ways).
+pub async fn port_exposure_carries_websockets(h: &Harness) {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let s = h.session().await;
+    s.write_file(RunnerFileWriteRequest {
+        path: "ws_echo.py".into(),
+        contents: WS_ECHO_PY.as_bytes().to_vec(),
+    })
+    .await
+    .expect("write");
+    let mut server = s
+        .spawn(RunnerCommandRequest::new(
+            "ws",
+            "python3",
+            ["-u", "ws_echo.py"],
+        ))
+        .await
+        .expect("spawn");
+    let banner = wait_stdout(&mut server, "ready").await;
+    let port: u16 = banner
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {banner:?}"));
+    let url = s
+        .expose_port(RunnerPortRequest { port, label: None })
+        .await
+        .expect("expose")
+        .url
+        .expect("url");
+    let ws_url = url.replacen("http://", "ws://", 1);
+    tokio::time::timeout(T, async {
+        let (mut ws, response) = tokio_tungstenite::connect_async(ws_url.as_str())
+            .await
+            .expect("websocket handshake through the proxy");
+        assert_eq!(response.status().as_u16(), 101);
+        for text in ["first", "second"] {
+            ws.send(Message::text(text)).await.expect("send");
+            let reply = ws.next().await.expect("a reply").expect("frame");
+            assert_eq!(
+                reply.into_text().expect("text").as_str(),
+                format!("echo: {text}")
+            );
+        }
+        ws.close(None).await.expect("close");
+    })
+    .await
+    .expect("websocket exchange in time");
+    assert!(s.cancel_command("ws").await.expect("cancel"));
+    s.close().await.expect("close");
+}
+
 pub async fn state_round_trip_without_secrets(h: &Harness) {
     let s = h.session().await;
     s.write_file(RunnerFileWriteRequest {
@@ -697,6 +793,7 @@ macro_rules! contract_suite {
             capabilities_are_complete, run_buffered, stream_is_ordered, stdin_is_interactive,
             cancel_kills_the_tree, files_round_trip, confinement_escapes_are_refused,
             snapshot_round_trip, artifact_export, port_exposure_reaches_a_server,
+            port_exposure_carries_websockets,
             state_round_trip_without_secrets, manifest_is_copied_in, closed_session_refuses_work);
     };
     (@tests $setup:path; $($name:ident),* $(,)?) => {

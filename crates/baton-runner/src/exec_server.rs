@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use baton_client::{ClientError, ClientOptions, Endpoint, ExecClient, ProcessEvent};
+use baton_client::{ClientError, ClientOptions, Endpoint, ExecClient, ProcessEvent, RemoteProcess};
 use baton_protocol::exec::{OutputStream, ProcessId, WriteStatus, error_codes};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -257,6 +257,9 @@ struct RemoteMeta {
     resolved_workspace: PathBuf,
     resolved_read_roots: Vec<PathBuf>,
     server_session_id: String,
+    /// Running commands: command id → server process id (for `attach_command` after a resume).
+    #[serde(default)]
+    commands: HashMap<String, String>,
     /// Object-storage mounts synced back on close.
     #[serde(default)]
     mounts: Vec<RunnerMount>,
@@ -313,6 +316,7 @@ impl RemoteProvider {
             resolved_read_roots: lines.collect(),
             server_session_id: client.session_id(),
             transport,
+            commands: HashMap::new(),
             mounts: Vec::new(),
         };
         let session = Arc::new(RemoteSession::new(
@@ -628,6 +632,15 @@ impl RemoteSession {
         check_no_secrets(&metadata)?;
         let path_env = meta.transport.path_env();
         let mounts = meta.mounts.clone();
+        // Processes outlive a connection only on a server that outlives it.
+        let commands: HashMap<String, ProcessId> = if meta.transport.resumable() {
+            meta.commands
+                .iter()
+                .map(|(k, v)| (k.clone(), ProcessId::from(v.as_str())))
+                .collect()
+        } else {
+            HashMap::new()
+        };
         Ok(Self {
             client,
             provider_id: meta.transport.provider_id(),
@@ -641,7 +654,7 @@ impl RemoteSession {
             policy,
             stores,
             path_env,
-            commands: Arc::default(),
+            commands: Arc::new(Mutex::new(commands)),
             mounts: Mutex::new(mounts),
             pumps: Mutex::default(),
             shutdown: watch::channel(false).0,
@@ -669,6 +682,76 @@ impl RemoteSession {
         } else {
             Err(remote_err(what, &out))
         }
+    }
+
+    /// Forwards a followed remote process to a [`RunnerProcess`] (event pump and stdin task).
+    fn follow(&self, id: String, mut remote: RemoteProcess) -> RunnerProcess {
+        let pid = remote.id().clone();
+        let (tx, rx) = mpsc::channel(64);
+        let (stdin_tx, mut stdin_rx) = mpsc::channel::<StdinOp>(8);
+        let commands = self.commands.clone();
+        let pump_id = id.clone();
+        let mut shutdown = self.shutdown.subscribe();
+        let pump = tokio::spawn(async move {
+            let mut receiver_gone = false;
+            loop {
+                let event = tokio::select! {
+                    event = remote.next_event() => match event {
+                        Some(event) => event,
+                        None => break,
+                    },
+                    _ = shutdown.wait_for(|closed| *closed) => {
+                        ProcessEvent::Failed("session closed".into())
+                    }
+                };
+                let (converted, last) = match event {
+                    ProcessEvent::Output { seq, stream, chunk } => (
+                        RunnerEvent::Output {
+                            seq,
+                            stream: stream_of(stream),
+                            chunk,
+                        },
+                        false,
+                    ),
+                    ProcessEvent::Exited { seq, exit_code } => {
+                        (RunnerEvent::Exited { seq, exit_code }, false)
+                    }
+                    ProcessEvent::Closed { seq } => (RunnerEvent::Closed { seq }, true),
+                    ProcessEvent::Failed(message) => (RunnerEvent::Failed { message }, true),
+                };
+                if last {
+                    lock(&commands).remove(&pump_id);
+                }
+                if !receiver_gone && tx.send(converted).await.is_err() {
+                    receiver_gone = true;
+                }
+                if last {
+                    break;
+                }
+            }
+        });
+        {
+            let mut pumps = lock(&self.pumps);
+            pumps.retain(|p| !p.is_finished());
+            pumps.push(pump);
+        }
+        let client = self.client.clone();
+        let stdin_id = id.clone();
+        tokio::spawn(async move {
+            while let Some(op) = stdin_rx.recv().await {
+                let (bytes, close, reply) = match op {
+                    StdinOp::Write(b, r) => (b, false, r),
+                    StdinOp::Close(r) => (Vec::new(), true, r),
+                };
+                let result = match client.write(&pid, bytes, close).await {
+                    Ok(WriteStatus::Accepted) => Ok(()),
+                    Ok(_) => Err(RunnerError::StdinClosed(stdin_id.clone())),
+                    Err(e) => Err(RunnerError::Client(e)),
+                };
+                let _ = reply.send(result);
+            }
+        });
+        RunnerProcess::new(id, rx, stdin_tx)
     }
 
     /// Resolves `path` on the server (`realpath -m`) and checks it against the roots.
@@ -802,6 +885,16 @@ impl RemoteSession {
     }
 }
 
+impl Drop for RemoteSession {
+    /// Dropping without `close` detaches: processes keep running on the server (a WebSocket
+    /// server keeps the session for its TTL, so `resume_session` can reattach), followers here
+    /// end with [`RunnerEvent::Failed`], and the connection is closed.
+    fn drop(&mut self) {
+        self.shutdown.send_replace(true);
+        self.client.close();
+    }
+}
+
 fn stream_of(s: OutputStream) -> RunnerStream {
     match s {
         OutputStream::Stdout => RunnerStream::Stdout,
@@ -815,10 +908,17 @@ impl RunnerSession for RemoteSession {
     fn state(&self) -> RunnerSessionState {
         let mut state = self.state.clone();
         let mounts = lock(&self.mounts);
-        if let (serde_json::Value::Object(meta), Ok(v)) =
-            (&mut state.metadata, serde_json::to_value(&*mounts))
-        {
-            meta.insert("mounts".into(), v);
+        let commands: HashMap<String, String> = lock(&self.commands)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.0.clone()))
+            .collect();
+        if let serde_json::Value::Object(meta) = &mut state.metadata {
+            if let Ok(v) = serde_json::to_value(&*mounts) {
+                meta.insert("mounts".into(), v);
+            }
+            if let Ok(v) = serde_json::to_value(&commands) {
+                meta.insert("commands".into(), v);
+            }
         }
         state
     }
@@ -861,79 +961,24 @@ impl RunnerSession for RemoteSession {
                 true,
             )
             .await;
-        let mut remote = match started {
+        let remote = match started {
             Ok(p) => p,
             Err(e) => {
                 lock(&self.commands).remove(&id);
                 return Err(e.into());
             }
         };
-        let pid = remote.id().clone();
-        let (tx, rx) = mpsc::channel(64);
-        let (stdin_tx, mut stdin_rx) = mpsc::channel::<StdinOp>(8);
-        let commands = self.commands.clone();
-        let pump_id = id.clone();
-        let mut shutdown = self.shutdown.subscribe();
-        let pump = tokio::spawn(async move {
-            let mut receiver_gone = false;
-            loop {
-                let event = tokio::select! {
-                    event = remote.next_event() => match event {
-                        Some(event) => event,
-                        None => break,
-                    },
-                    _ = shutdown.wait_for(|closed| *closed) => {
-                        ProcessEvent::Failed("session closed".into())
-                    }
-                };
-                let (converted, last) = match event {
-                    ProcessEvent::Output { seq, stream, chunk } => (
-                        RunnerEvent::Output {
-                            seq,
-                            stream: stream_of(stream),
-                            chunk,
-                        },
-                        false,
-                    ),
-                    ProcessEvent::Exited { seq, exit_code } => {
-                        (RunnerEvent::Exited { seq, exit_code }, false)
-                    }
-                    ProcessEvent::Closed { seq } => (RunnerEvent::Closed { seq }, true),
-                    ProcessEvent::Failed(message) => (RunnerEvent::Failed { message }, true),
-                };
-                if last {
-                    lock(&commands).remove(&pump_id);
-                }
-                if !receiver_gone && tx.send(converted).await.is_err() {
-                    receiver_gone = true;
-                }
-                if last {
-                    break;
-                }
-            }
-        });
-        {
-            let mut pumps = lock(&self.pumps);
-            pumps.retain(|p| !p.is_finished());
-            pumps.push(pump);
-        }
-        let client = self.client.clone();
-        let stdin_id = id.clone();
-        tokio::spawn(async move {
-            while let Some(op) = stdin_rx.recv().await {
-                let (bytes, close, reply) = match op {
-                    StdinOp::Write(b, r) => (b, false, r),
-                    StdinOp::Close(r) => (Vec::new(), true, r),
-                };
-                let result = match client.write(&pid, bytes, close).await {
-                    Ok(WriteStatus::Accepted) => Ok(()),
-                    Ok(_) => Err(RunnerError::StdinClosed(stdin_id.clone())),
-                    Err(e) => Err(RunnerError::Client(e)),
-                };
-                let _ = reply.send(result);
-            }
-        });
-        Ok(RunnerProcess::new(id, rx, stdin_tx))
+        Ok(self.follow(id, remote))
+    }
+
+    async fn attach_command(&self, command_id: &str) -> Result<RunnerProcess, RunnerError> {
+        self.ensure_open()?;
+        let pid = lock(&self.commands)
+            .get(command_id)
+            .cloned()
+            .ok_or_else(|| RunnerError::UnknownCommand(command_id.to_string()))?;
+        let remote = self.client.attach(&pid.0)?;
+        Ok(self.follow(command_id.to_string(), remote))
     }
 
     async fn cancel_command(&self, command_id: &str) -> Result<bool, RunnerError> {

@@ -194,6 +194,21 @@ pub trait RunnerSession: Send + Sync + 'static {
         Ok(collected.into_result(command_id))
     }
 
+    /// Follows a command that is still running, e.g. one started before the session was
+    /// resumed from its state: its events from the first one the runner still retains (so
+    /// output may repeat what an earlier follower saw), and its stdin.
+    ///
+    /// # Errors
+    /// [`RunnerError::UnknownCommand`]; [`RunnerError::Unsupported`] for providers whose
+    /// processes cannot be re-followed (`local`); connection errors.
+    async fn attach_command(&self, command_id: &str) -> Result<RunnerProcess, RunnerError> {
+        let _ = command_id;
+        Err(RunnerError::Unsupported {
+            operation: "attach_command".into(),
+            provider: self.state().provider_id,
+        })
+    }
+
     /// Kills the running command's whole process tree. `Ok(false)` when no command with this
     /// id is running (any more).
     ///

@@ -10,8 +10,8 @@ use std::sync::atomic::AtomicUsize;
 
 use baton_exec::{CommandSpec, Process, ProcessEvent, SpawnOptions};
 use baton_runner::{
-    ExecServerProvider, RunnerCommandRequest, RunnerDestination, RunnerEvent, RunnerProvider,
-    RunnerStream,
+    ExecServerProvider, RunnerCommandRequest, RunnerDestination, RunnerError, RunnerEvent,
+    RunnerProvider, RunnerStream,
 };
 use contract::{Harness, T};
 use tokio::net::{TcpListener, TcpStream};
@@ -156,4 +156,79 @@ async fn resumes_after_the_connection_drops() {
     assert_eq!(rest.exit_code, Some(0), "{:?}", rest.failure);
     session.close().await.expect("close");
     drop(tmp);
+}
+
+/// The caller goes away (session dropped without close, as in a backend restart) while a
+/// command runs; a session resumed from the persisted state re-follows the command, feeds its
+/// stdin and sees it finish. Local sessions cannot do this and say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumed_session_reattaches_a_running_command() {
+    let h = exec_server().await;
+    let s = h.session().await;
+    let mut p = s
+        .spawn(RunnerCommandRequest::new(
+            "chat",
+            "sh",
+            ["-c", "echo one; read x; echo \"two $x\""],
+        ))
+        .await
+        .expect("spawn");
+    let mut seen = Vec::new();
+    while !seen.ends_with(b"one\n") {
+        match tokio::time::timeout(T, p.next_event())
+            .await
+            .expect("in time")
+        {
+            Some(RunnerEvent::Output { chunk, .. }) => seen.extend(chunk),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let state = s.state();
+    assert!(
+        state.metadata["commands"]["chat"].is_string(),
+        "running commands are in the state: {}",
+        state.metadata
+    );
+    let json = serde_json::to_string(&state).expect("persist");
+    drop(s);
+    match tokio::time::timeout(T, p.next_event())
+        .await
+        .expect("in time")
+    {
+        Some(RunnerEvent::Failed { .. }) | None => {}
+        other => panic!("the old follower ends when its session is dropped: {other:?}"),
+    }
+    let resumed = h
+        .provider
+        .resume_session(serde_json::from_str(&json).expect("state"))
+        .await
+        .expect("resume");
+    let again = resumed.attach_command("chat").await.expect("attach");
+    again.write_stdin(b"resumed\n").await.expect("stdin");
+    let out = tokio::time::timeout(T, again.collect())
+        .await
+        .expect("in time");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "one\ntwo resumed\n");
+    assert_eq!(out.exit_code, Some(0));
+    assert!(matches!(
+        resumed.attach_command("chat").await,
+        Err(RunnerError::UnknownCommand(_))
+    ));
+    resumed.close().await.expect("close");
+
+    let local = baton_runner::LocalProvider::new(&h.base.join("local")).expect("local");
+    let ls = local
+        .create_session(RunnerDestination {
+            id: "l".into(),
+            provider_id: "local".into(),
+            config: serde_json::Value::Null,
+            default_manifest: Default::default(),
+        })
+        .await
+        .expect("local session");
+    assert!(matches!(
+        ls.attach_command("x").await,
+        Err(RunnerError::Unsupported { .. })
+    ));
+    ls.close().await.expect("close");
 }

@@ -119,6 +119,9 @@ pub struct Options {
     pub concurrency: usize,
     /// The `baton` binary.
     pub baton: PathBuf,
+    /// What the binary was built from (e.g. a commit), for the report; `None` = the repo HEAD
+    /// at bench time is recorded instead.
+    pub baton_rev: Option<String>,
 }
 
 /// Measurements of one cell.
@@ -722,13 +725,16 @@ pub fn run(mut opts: Options) -> Result<()> {
         let v = proc::run(&mut cmd, "baton --version")
             .map(|f| f.stdout.trim().to_owned())
             .unwrap_or_else(|_| "?".into());
-        let commit = {
+        let commit = if let Some(rev) = &opts.baton_rev {
+            format!("built from {rev}")
+        } else {
             let mut git = command("git");
             git.args(["log", "-1", "--format=%h %cI"]);
             git.current_dir(env!("CARGO_MANIFEST_DIR"));
-            proc::run(&mut git, "git log")
+            let head = proc::run(&mut git, "git log")
                 .map(|f| f.stdout.trim().to_owned())
-                .unwrap_or_default()
+                .unwrap_or_default();
+            format!("repo HEAD at bench time: {head}")
         };
         let built = {
             let mut date = command("date");
@@ -745,7 +751,7 @@ pub fn run(mut opts: Options) -> Result<()> {
             (
                 "baton".into(),
                 format!(
-                    "{v} (binary {}, built {built}; repo HEAD at bench time: {commit})",
+                    "{v} (binary {}, modified {built}; {commit})",
                     opts.baton.display()
                 ),
             ),

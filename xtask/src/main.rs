@@ -1,8 +1,9 @@
 //! Developer tasks: `cargo xtask bench`.
 //!
 //! `cargo xtask bench [--packages 50,200] [--runs N] [--cold-runs N] [--only baton,turbo,nx,vp,hand]
-//! [--out BENCHMARKS.md] [--work-dir DIR] [--concurrency N] [--baton PATH]` generates pnpm
-//! workspaces, installs the peers with npm into the work dir, times them and writes the report.
+//! [--out BENCHMARKS.md] [--work-dir DIR] [--concurrency N] [--baton PATH] [--baton-rev REV]`
+//! generates pnpm workspaces, installs the peers with npm into the work dir, times them and
+//! writes the report.
 
 mod bench;
 mod proc;
@@ -57,6 +58,9 @@ enum Cmd {
         /// The baton binary (default: target/release/baton).
         #[arg(long)]
         baton: Option<PathBuf>,
+        /// What the baton binary was built from (e.g. a commit), recorded in the report.
+        #[arg(long)]
+        baton_rev: Option<String>,
     },
 }
 
@@ -71,6 +75,7 @@ fn main() -> Result<()> {
             work_dir,
             concurrency,
             baton,
+            baton_rev,
         } => {
             let root = repo_root();
             let only = only
@@ -94,6 +99,7 @@ fn main() -> Result<()> {
                 work_dir: work_dir.unwrap_or_else(|| root.join("target/bench-work")),
                 concurrency,
                 baton: baton.unwrap_or_else(|| root.join("target/release/baton")),
+                baton_rev,
             })
         }
     }

@@ -123,7 +123,9 @@ pub fn render(info: &RunInfo, results: &[SizeResult]) -> String {
          - Nx 24 keeps its cache in `~/.nx/<workspace id>/` by default, where deleting `.nx/` \
          does not reach it (a \"cold\" run would be a hit): `nx.json` sets `cacheDirectory`.\n\
          - turbo and nx start every task through `pnpm run build` (pnpm 12 is a native binary, \
-         a few ms); vp and Baton spawn `node build.js` themselves.\n\
+         a few ms); vp and Baton spawn `node build.js` themselves. Nx's `run-script` executor \
+         adds a node process of its own per task: its cold CPU time is several times the \
+         others'.\n\
          - vp's first run downloads the `packageManager` pnpm into `~/.local/share/vite-plus` \
          (hence the untimed warm-up); its task cache is `node_modules/.vite/task-cache`.\n\
          - `NODE_EXTRA_CA_CERTS` is unset for every timed command: it costs ~50 ms per node start \

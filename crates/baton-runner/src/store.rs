@@ -149,18 +149,39 @@ impl RunnerStores {
     }
 }
 
-/// Packs the tree at `dir` (contents only, paths relative; symlinks stored as links, never
-/// followed) as a tar stream.
+/// Packs the tree at `dir` (contents only, paths relative, entries in sorted order) as a tar
+/// stream. Symlinks are stored as links, never followed; sockets, FIFOs and devices are
+/// skipped.
 ///
 /// # Errors
 /// [`RunnerError::Io`].
 pub fn tar_dir(dir: &Path) -> Result<Vec<u8>, RunnerError> {
+    let ctx = |e| RunnerError::io(format!("cannot archive {dir:?}"), e);
     let mut builder = tar::Builder::new(Vec::new());
     builder.follow_symlinks(false);
-    builder
-        .append_dir_all(".", dir)
-        .and_then(|()| builder.into_inner())
-        .map_err(|e| RunnerError::io(format!("cannot archive {dir:?}"), e))
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let abs = dir.join(&rel);
+        let mut entries = std::fs::read_dir(&abs)
+            .and_then(|rd| rd.collect::<io::Result<Vec<_>>>())
+            .map_err(ctx)?;
+        entries.sort_by_key(std::fs::DirEntry::file_name);
+        let mut subdirs = Vec::new();
+        for entry in entries {
+            let child = rel.join(entry.file_name());
+            let ty = entry.file_type().map_err(ctx)?;
+            if ty.is_dir() {
+                builder.append_dir(&child, entry.path()).map_err(ctx)?;
+                subdirs.push(child);
+            } else if ty.is_file() || ty.is_symlink() {
+                builder
+                    .append_path_with_name(entry.path(), &child)
+                    .map_err(ctx)?;
+            }
+        }
+        stack.extend(subdirs.into_iter().rev());
+    }
+    builder.into_inner().map_err(ctx)
 }
 
 /// zstd-compresses `bytes` at [`ZSTD_LEVEL`].
@@ -222,6 +243,9 @@ mod tests {
         let src = tmp.path().join("src");
         std::fs::create_dir_all(src.join("d")).expect("mkdir");
         std::fs::write(src.join("d/f.txt"), "x").expect("write");
+        // A socket (or FIFO) in the workspace is skipped, not an error.
+        let _socket = std::os::unix::net::UnixListener::bind(src.join("d/app.sock")).expect("bind");
+        std::os::unix::fs::symlink("f.txt", src.join("d/link")).expect("symlink");
         let packed = compress(&tar_dir(&src).expect("tar")).expect("zstd");
         let dst = tmp.path().join("dst");
         untar_into(&decompress(&packed).expect("unzstd"), &dst).expect("untar");

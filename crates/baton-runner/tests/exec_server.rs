@@ -29,9 +29,25 @@ fn baton_bin() -> PathBuf {
     p
 }
 
-/// Starts `baton exec-server` on loopback with `root`; returns the process (killed on drop)
+/// The server process; on drop it gets SIGTERM and a bounded wait, so that it kills the
+/// processes it started (a SIGKILL alone would orphan them when a test fails midway).
+struct Server(Process);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.signal(baton_exec::Signal::Terminate);
+        let process = self.0.clone();
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async {
+                let _ = tokio::time::timeout(T, process.wait()).await;
+            })
+        });
+    }
+}
+
+/// Starts `baton exec-server` on loopback with `root`; returns the server (stopped on drop)
 /// and the URL it printed.
-async fn start_server(root: &Path) -> (Process, String) {
+async fn start_server(root: &Path) -> (Server, String) {
     let spec = CommandSpec::new(baton_bin(), root)
         .args(["exec-server", "--listen", "ws://127.0.0.1:0", "--root"])
         .arg(root)
@@ -56,7 +72,7 @@ async fn start_server(root: &Path) -> (Process, String) {
     tokio::spawn(async move { while events.recv().await.is_some() {} });
     let url = String::from_utf8(line).expect("utf8").trim().to_string();
     assert!(url.starts_with("ws://127.0.0.1:"), "{url}");
-    (process, url)
+    (Server(process), url)
 }
 
 fn destination_for(url: String) -> contract::MakeDestination {

@@ -217,6 +217,7 @@ impl Transport {
                 return Err(RunnerError::RootNotAbsolute(p.clone()));
             }
         }
+        crate::manifest::validate(&destination.default_manifest, provider_id)?;
         Ok(transport)
     }
 

@@ -98,6 +98,7 @@ impl LocalProvider {
                 return Err(RunnerError::RootNotAbsolute(p.clone()));
             }
         }
+        crate::manifest::validate(&destination.default_manifest, LOCAL_PROVIDER_ID)?;
         Ok(config)
     }
 

@@ -7,6 +7,23 @@ use crate::{
     RunnerCommandRequest, RunnerError, RunnerFileWriteRequest, RunnerManifest, RunnerSession,
 };
 
+/// Checks a manifest without touching anything: mount kinds and URIs (S3 only), absolute
+/// entry sources.
+pub(crate) fn validate(manifest: &RunnerManifest, provider: &str) -> Result<(), RunnerError> {
+    for mount in &manifest.mounts {
+        crate::s3::validate_mount(mount, provider)?;
+    }
+    for entry in &manifest.entries {
+        if !entry.source.is_absolute() {
+            return Err(RunnerError::InvalidDestination(format!(
+                "manifest source {:?} is not absolute",
+                entry.source
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Applies `manifest`: syncs each mount in (S3 only; other kinds are
 /// [`RunnerError::Unsupported`]), then copies each entry's
 /// `source` (absolute, on this host; a file, or a directory copied recursively — symlinks and

@@ -445,14 +445,20 @@ fn amz_date(t: std::time::SystemTime) -> String {
     )
 }
 
-/// The client of a mount (credentials resolved from the environment).
-fn mount_client(mount: &RunnerMount, provider: &str) -> Result<S3Client, RunnerError> {
+/// Checks a mount's kind and URI (credentials are resolved only when syncing).
+pub(crate) fn validate_mount(mount: &RunnerMount, provider: &str) -> Result<(), RunnerError> {
     if mount.intent.kind != RunnerMountKind::S3 {
         return Err(RunnerError::unsupported(
             &format!("mount {:?} ({:?})", mount.name, mount.intent.kind),
             provider,
         ));
     }
+    S3Location::parse(&mount.intent.uri).map(|_| ())
+}
+
+/// The client of a mount (credentials resolved from the environment).
+fn mount_client(mount: &RunnerMount, provider: &str) -> Result<S3Client, RunnerError> {
+    validate_mount(mount, provider)?;
     let location = S3Location::parse(&mount.intent.uri)?;
     let credentials = match &mount.intent.credentials {
         Some(r) => Some(S3Credentials::parse(&r.resolve()?)?),

@@ -757,6 +757,10 @@ pub async fn manifest_is_copied_in(h: &Harness) {
             }),
         },
     }];
+    assert!(matches!(
+        h.provider.validate_destination(&mounted).await,
+        Err(RunnerError::Unsupported { .. })
+    ));
     match h.provider.create_session(mounted).await.map(|_| ()) {
         Err(RunnerError::Unsupported { provider, .. }) => assert_eq!(provider, h.provider.id()),
         other => panic!("gcs mounts must be refused as unsupported, got {other:?}"),

@@ -1,0 +1,657 @@
+//! The backend core: runtimes, workers and their event recording, independent of HTTP.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use base64::Engine as _;
+use serde_json::json;
+
+use crate::api::{
+    Diagnostic, InputKind, InputRequest, LifecycleRequest, OperationResult, OperationState,
+    RuntimeSummary, SpawnRequest, Transcript, TranscriptItem, WorkerState, WorkerSummary,
+};
+use crate::cursor::Cursor;
+use crate::log::{EventLog, LogError, LoggedEvent, Retention, WorkerRow, now_ms};
+use crate::runtime::{
+    Runtime, RuntimeError, WorkerControl, WorkerEvents, WorkerOutput, WorkerSpec,
+};
+
+/// Default number of transcript items per page.
+pub const DEFAULT_TRANSCRIPT_LIMIT: usize = 256;
+/// Largest accepted transcript `limit`; larger values are capped.
+pub const MAX_TRANSCRIPT_LIMIT: usize = 1000;
+/// Longest accepted runtime or worker id, in bytes.
+pub const MAX_ID_LEN: usize = 256;
+
+/// How to open a [`Backend`].
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    /// Directory of the event log (`events.sqlite3`); created if missing.
+    pub data_dir: PathBuf,
+    /// Event-log retention.
+    pub retention: Retention,
+    /// Working directory of workers spawned without `cwd` on the embedded local runtime.
+    pub default_cwd: PathBuf,
+    /// Id of the embedded local runtime (default `local`); `None` registers no local runtime.
+    pub local_runtime_id: Option<String>,
+}
+
+impl BackendConfig {
+    /// A config with the data directory `data_dir`, unbounded retention, the process's current
+    /// directory as the default worker directory, and a local runtime called `local`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            retention: Retention::default(),
+            default_cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
+            local_runtime_id: Some("local".into()),
+        }
+    }
+}
+
+/// Errors of [`Backend::open`].
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The event log could not be opened.
+    #[error("cannot open the event log")]
+    Log(#[from] LogError),
+}
+
+/// A failed API operation: an HTTP status and the diagnostic to return.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status: 400, 404, 500, 501, 502 or 504.
+    pub status: u16,
+    /// What went wrong.
+    pub diagnostic: Diagnostic,
+}
+
+impl ApiError {
+    /// An error with `status` and an error-severity diagnostic.
+    pub fn new(status: u16, code: &str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            diagnostic: Diagnostic::error(code, message),
+        }
+    }
+
+    fn log(e: LogError) -> Self {
+        Self::new(
+            500,
+            "backend.event_log_failed",
+            format!("{e}: {:?}", std::error::Error::source(&e)),
+        )
+    }
+}
+
+/// Checks an id taken from a path: non-empty, at most [`MAX_ID_LEN`] bytes, no control
+/// characters.
+///
+/// # Errors
+/// [`ApiError`] with status 400 and code `backend.bad_id`.
+pub fn validate_id(what: &str, id: &str) -> Result<(), ApiError> {
+    if id.is_empty() || id.len() > MAX_ID_LEN || id.chars().any(char::is_control) {
+        return Err(ApiError::new(
+            400,
+            "backend.bad_id",
+            format!("{what} id must be 1 to {MAX_ID_LEN} bytes without control characters"),
+        ));
+    }
+    Ok(())
+}
+
+struct Worker {
+    summary: Mutex<WorkerSummary>,
+    control: Mutex<Option<Arc<dyn WorkerControl>>>,
+}
+
+struct Inner {
+    log: Arc<EventLog>,
+    runtimes: BTreeMap<String, Arc<dyn Runtime>>,
+    workers: Mutex<BTreeMap<(String, String), Arc<Worker>>>,
+}
+
+/// The backend: owns the runtimes, the workers and the durable event log. Clone freely (shared).
+#[derive(Clone)]
+pub struct Backend {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend")
+            .field("log", &self.inner.log)
+            .field("runtimes", &self.inner.runtimes.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn output_payload(stream: &str, bytes: &[u8]) -> serde_json::Value {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => json!({"type": "output", "stream": stream, "text": text}),
+        Err(_) => json!({
+            "type": "output",
+            "stream": stream,
+            "text": String::from_utf8_lossy(bytes),
+            "data_b64": base64::engine::general_purpose::STANDARD.encode(bytes),
+        }),
+    }
+}
+
+impl Backend {
+    /// Opens the event log under `config.data_dir`, registers the embedded local runtime and
+    /// `extra` runtimes, and reloads the workers of earlier runs: a worker that was running when
+    /// the previous backend stopped is marked [`WorkerState::Lost`] (its process tree died with
+    /// that backend) and gets a `status` event and a `backend.worker_lost` diagnostic event.
+    ///
+    /// # Errors
+    /// [`BackendError::Log`].
+    pub fn open(config: BackendConfig, extra: Vec<Arc<dyn Runtime>>) -> Result<Self, BackendError> {
+        let log = Arc::new(EventLog::open(&config.data_dir, config.retention)?);
+        let mut runtimes: BTreeMap<String, Arc<dyn Runtime>> = BTreeMap::new();
+        if let Some(id) = &config.local_runtime_id {
+            runtimes.insert(
+                id.clone(),
+                Arc::new(crate::runtime::LocalRuntime::new(
+                    id.clone(),
+                    config.default_cwd.clone(),
+                )),
+            );
+        }
+        for rt in extra {
+            runtimes.insert(rt.id().to_owned(), rt);
+        }
+        let backend = Self {
+            inner: Arc::new(Inner {
+                log,
+                runtimes,
+                workers: Mutex::new(BTreeMap::new()),
+            }),
+        };
+        for row in backend.inner.log.load_workers()? {
+            let Ok(summary) = serde_json::from_value::<WorkerSummary>(row.summary) else {
+                tracing::warn!(worker = %row.worker_id, "skipping unreadable worker summary");
+                continue;
+            };
+            let was_running = summary.state == WorkerState::Running;
+            let worker = Arc::new(Worker {
+                summary: Mutex::new(summary),
+                control: Mutex::new(None),
+            });
+            lock(&backend.inner.workers).insert((row.runtime_id, row.worker_id), worker.clone());
+            if was_running {
+                backend.record_with(&worker, |s| {
+                    s.state = WorkerState::Lost;
+                    s.status = "lost".into();
+                    s.pid = None;
+                    json!({"type": "status", "state": "lost", "status": "lost"})
+                })?;
+                backend.record_with(&worker, |_| {
+                    json!({"type": "diagnostic", "code": "backend.worker_lost", "severity": "warning",
+                           "message": "the backend stopped while this worker ran; its process tree was killed"})
+                })?;
+            }
+        }
+        Ok(backend)
+    }
+
+    /// The event log.
+    pub fn log(&self) -> &Arc<EventLog> {
+        &self.inner.log
+    }
+
+    /// Path of the event log database.
+    pub fn log_path(&self) -> &Path {
+        self.inner.log.path()
+    }
+
+    /// All runtimes (never their addresses or credentials).
+    pub fn runtimes(&self) -> Vec<RuntimeSummary> {
+        self.inner
+            .runtimes
+            .values()
+            .map(|rt| RuntimeSummary {
+                runtime_id: rt.id().to_owned(),
+                kind: rt.kind().to_owned(),
+                state: "available".into(),
+                capabilities: rt.capabilities(),
+            })
+            .collect()
+    }
+
+    /// All workers of all runtimes.
+    pub fn workers(&self) -> Vec<WorkerSummary> {
+        let mut all: Vec<WorkerSummary> = lock(&self.inner.workers)
+            .values()
+            .map(|w| lock(&w.summary).clone())
+            .collect();
+        all.sort_by_key(|s| s.created_at_ms);
+        all
+    }
+
+    fn runtime(&self, runtime_id: &str) -> Result<Arc<dyn Runtime>, ApiError> {
+        validate_id("runtime", runtime_id)?;
+        self.inner.runtimes.get(runtime_id).cloned().ok_or_else(|| {
+            ApiError::new(
+                404,
+                "backend.runtime_not_found",
+                format!("no runtime {runtime_id:?}"),
+            )
+        })
+    }
+
+    fn find(&self, runtime_id: &str, worker_id: &str) -> Result<Arc<Worker>, ApiError> {
+        self.runtime(runtime_id)?;
+        validate_id("worker", worker_id)?;
+        lock(&self.inner.workers)
+            .get(&(runtime_id.to_owned(), worker_id.to_owned()))
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::new(
+                    404,
+                    "backend.worker_not_found",
+                    format!("no worker {worker_id:?} in runtime {runtime_id:?}"),
+                )
+            })
+    }
+
+    /// The summary of one worker.
+    ///
+    /// # Errors
+    /// 400 bad id, 404 unknown runtime or worker.
+    pub fn worker(&self, runtime_id: &str, worker_id: &str) -> Result<WorkerSummary, ApiError> {
+        Ok(lock(&self.find(runtime_id, worker_id)?.summary).clone())
+    }
+
+    /// Appends an event for `worker` while holding its summary lock; `update` may change the
+    /// summary and returns the payload. The summary (with `last_event_id`) is saved when
+    /// `update` changed the state.
+    fn record_with(
+        &self,
+        worker: &Worker,
+        update: impl FnOnce(&mut WorkerSummary) -> serde_json::Value,
+    ) -> Result<Arc<LoggedEvent>, LogError> {
+        let mut s = lock(&worker.summary);
+        let before_state = (s.state, s.pid);
+        let payload = update(&mut s);
+        let event = self
+            .inner
+            .log
+            .append(&s.runtime_id, &s.worker_id, payload)?;
+        s.last_event_id = Some(Cursor(event.sequence).to_string());
+        if (s.state, s.pid) != before_state || event.payload["type"] == "spawned" {
+            self.inner.log.save_worker(&WorkerRow {
+                runtime_id: s.runtime_id.clone(),
+                worker_id: s.worker_id.clone(),
+                summary: serde_json::to_value(&*s).unwrap_or_default(),
+            })?;
+        }
+        Ok(event)
+    }
+
+    /// Starts a worker on `runtime_id`; its events (`spawned`, `output`, `exit`) are recorded.
+    ///
+    /// # Errors
+    /// 400 bad id / empty argv / relative cwd / program not found, 404 unknown runtime,
+    /// 501 `tty` on a runtime without pty support, 502 runtime unavailable, 500 event log failure.
+    pub async fn spawn(
+        &self,
+        runtime_id: &str,
+        request: SpawnRequest,
+    ) -> Result<WorkerSummary, ApiError> {
+        let runtime = self.runtime(runtime_id)?;
+        if request.argv.is_empty() || request.argv[0].is_empty() {
+            return Err(ApiError::new(
+                400,
+                "backend.bad_request",
+                "argv must not be empty",
+            ));
+        }
+        if request.tty && !runtime.capabilities().tty {
+            return Err(ApiError::new(
+                501,
+                "backend.unsupported",
+                format!("runtime {runtime_id:?} cannot run workers on a pty"),
+            ));
+        }
+        let cwd = match &request.cwd {
+            Some(c) if Path::new(c).is_absolute() => PathBuf::from(c),
+            Some(c) => {
+                return Err(ApiError::new(
+                    400,
+                    "backend.bad_request",
+                    format!("cwd must be absolute, got {c:?}"),
+                ));
+            }
+            None => runtime.default_cwd(),
+        };
+        let spec = WorkerSpec {
+            argv: request.argv.clone(),
+            cwd: cwd.clone(),
+            env: request
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            tty: request.tty,
+        };
+        let (control, events) = runtime.spawn(spec).await.map_err(|e| match e {
+            RuntimeError::Invalid { message, .. } => {
+                ApiError::new(400, "backend.spawn_failed", message)
+            }
+            RuntimeError::Unsupported(m) => ApiError::new(501, "backend.unsupported", m),
+            RuntimeError::Unavailable(m) => ApiError::new(502, "backend.runtime_unavailable", m),
+        })?;
+        let number = match self.inner.log.next_worker_number(runtime_id) {
+            Ok(n) => n,
+            Err(e) => {
+                control.terminate();
+                return Err(ApiError::log(e));
+            }
+        };
+        let worker_id = format!("w{number}");
+        let summary = WorkerSummary {
+            runtime_id: runtime_id.to_owned(),
+            worker_id: worker_id.clone(),
+            label: request
+                .label
+                .clone()
+                .unwrap_or_else(|| request.argv.join(" ")),
+            state: WorkerState::Running,
+            status: "running".into(),
+            exit_code: None,
+            signal: None,
+            argv: request.argv.clone(),
+            cwd: cwd.display().to_string(),
+            tty: request.tty,
+            pid: control.pid(),
+            created_at_ms: now_ms(),
+            last_event_id: None,
+        };
+        let worker = Arc::new(Worker {
+            summary: Mutex::new(summary),
+            control: Mutex::new(Some(control.clone())),
+        });
+        lock(&self.inner.workers).insert((runtime_id.to_owned(), worker_id), worker.clone());
+        let env_names: Vec<&String> = request.env.keys().collect();
+        if let Err(e) = self.record_with(&worker, |s| {
+            json!({"type": "spawned", "argv": s.argv, "cwd": s.cwd, "tty": s.tty,
+                   "label": s.label, "env_names": env_names, "pid": s.pid})
+        }) {
+            control.terminate();
+            return Err(ApiError::log(e));
+        }
+        let summary = lock(&worker.summary).clone();
+        tokio::spawn(pump(self.clone(), worker, events));
+        Ok(summary)
+    }
+
+    /// Records input: `user` input is written to the worker's stdin, `system` input is only
+    /// recorded. A worker that is not running rejects `user` input.
+    ///
+    /// # Errors
+    /// 400/404 as [`Backend::worker`], 500 event log failure.
+    pub async fn input(
+        &self,
+        runtime_id: &str,
+        worker_id: &str,
+        request: InputRequest,
+    ) -> Result<OperationResult, ApiError> {
+        let worker = self.find(runtime_id, worker_id)?;
+        if request.kind == InputKind::User {
+            let control = lock(&worker.control).clone();
+            let Some(control) = control else {
+                return Ok(rejected("the worker is not running"));
+            };
+            let mut bytes = request.content.clone().into_bytes();
+            if !bytes.ends_with(b"\n") {
+                bytes.push(b'\n');
+            }
+            if let Err(e) = control.write_stdin(&bytes).await {
+                return Ok(rejected(&e.to_string()));
+            }
+        }
+        let kind = match request.kind {
+            InputKind::User => "user",
+            InputKind::System => "system",
+        };
+        let event = self
+            .record_with(
+                &worker,
+                |_| json!({"type": "input", "kind": kind, "content": request.content}),
+            )
+            .map_err(ApiError::log)?;
+        Ok(accepted(&event))
+    }
+
+    /// `cancel` (interrupt = SIGINT to the process group) or `stop` (kill the process tree).
+    ///
+    /// # Errors
+    /// 400/404 as [`Backend::worker`], 500 event log failure.
+    pub async fn lifecycle(
+        &self,
+        runtime_id: &str,
+        worker_id: &str,
+        action: Lifecycle,
+        request: LifecycleRequest,
+    ) -> Result<OperationResult, ApiError> {
+        let worker = self.find(runtime_id, worker_id)?;
+        let control = lock(&worker.control).clone();
+        let Some(control) = control else {
+            return Ok(rejected("the worker is not running"));
+        };
+        let name = match action {
+            Lifecycle::Cancel => "cancel",
+            Lifecycle::Stop => "stop",
+        };
+        // Record first, so the request precedes the output and exit it causes.
+        let event = self
+            .record_with(
+                &worker,
+                |_| json!({"type": "control", "action": name, "reason": request.reason}),
+            )
+            .map_err(ApiError::log)?;
+        match action {
+            Lifecycle::Cancel => {
+                if let Err(e) = control.interrupt() {
+                    return Ok(rejected(&e.to_string()));
+                }
+            }
+            Lifecycle::Stop => control.terminate(),
+        }
+        Ok(accepted(&event))
+    }
+
+    /// The transcript projection: inputs and output lines, `limit` (capped at
+    /// [`MAX_TRANSCRIPT_LIMIT`], default [`DEFAULT_TRANSCRIPT_LIMIT`]) items from `start`.
+    ///
+    /// # Errors
+    /// 400/404 as [`Backend::worker`], 500 event log failure.
+    pub async fn transcript(
+        &self,
+        runtime_id: &str,
+        worker_id: &str,
+        start: u64,
+        limit: Option<usize>,
+    ) -> Result<Transcript, ApiError> {
+        self.find(runtime_id, worker_id)?;
+        let limit = limit
+            .unwrap_or(DEFAULT_TRANSCRIPT_LIMIT)
+            .min(MAX_TRANSCRIPT_LIMIT);
+        let log = self.inner.log.clone();
+        let (rt, w) = (runtime_id.to_owned(), worker_id.to_owned());
+        tokio::task::spawn_blocking(move || project_transcript(&log, &rt, &w, start, limit))
+            .await
+            .map_err(|e| ApiError::new(500, "backend.internal", e.to_string()))?
+            .map_err(ApiError::log)
+    }
+
+    /// Kills every running worker's process tree (call on shutdown).
+    pub fn shutdown(&self) {
+        for w in lock(&self.inner.workers).values() {
+            if let Some(c) = lock(&w.control).take() {
+                c.terminate();
+            }
+        }
+    }
+
+    /// A snapshot of a worker together with the live subscription that follows it: the
+    /// snapshot reflects every event of the worker up to `head`, the receiver carries every
+    /// event after `head`.
+    pub(crate) fn snapshot_and_subscribe(
+        &self,
+        runtime_id: &str,
+        worker_id: &str,
+    ) -> Result<
+        (
+            WorkerSummary,
+            tokio::sync::broadcast::Receiver<Arc<LoggedEvent>>,
+            u64,
+        ),
+        ApiError,
+    > {
+        let worker = self.find(runtime_id, worker_id)?;
+        let s = lock(&worker.summary);
+        let (rx, head) = self.inner.log.subscribe();
+        Ok((s.clone(), rx, head))
+    }
+
+    /// Whether the worker exists (for the observation route).
+    pub(crate) fn check_worker(&self, runtime_id: &str, worker_id: &str) -> Result<(), ApiError> {
+        self.find(runtime_id, worker_id).map(|_| ())
+    }
+}
+
+/// Which lifecycle operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// Interrupt (SIGINT).
+    Cancel,
+    /// Terminate the process tree.
+    Stop,
+}
+
+fn accepted(event: &LoggedEvent) -> OperationResult {
+    OperationResult {
+        state: OperationState::Accepted,
+        event_id: Some(Cursor(event.sequence).to_string()),
+        diagnostics: Vec::new(),
+    }
+}
+
+fn rejected(message: &str) -> OperationResult {
+    OperationResult {
+        state: OperationState::Rejected,
+        event_id: None,
+        diagnostics: vec![Diagnostic::warning("backend.worker_not_running", message)],
+    }
+}
+
+async fn pump(backend: Backend, worker: Arc<Worker>, mut events: Box<dyn WorkerEvents>) {
+    while let Some(event) = events.next().await {
+        let result = match event {
+            WorkerOutput::Output { stream, bytes } => {
+                backend.record_with(&worker, |_| output_payload(stream, &bytes))
+            }
+            WorkerOutput::Exited {
+                code,
+                signal,
+                status,
+            } => backend.record_with(&worker, |s| {
+                s.state = WorkerState::Exited;
+                s.status = status.clone();
+                s.exit_code = code;
+                s.signal = signal;
+                s.pid = None;
+                json!({"type": "exit", "exit_code": code, "signal": signal, "status": status})
+            }),
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "cannot record a worker event");
+        }
+    }
+    lock(&worker.control).take();
+}
+
+fn project_transcript(
+    log: &EventLog,
+    runtime_id: &str,
+    worker_id: &str,
+    start: u64,
+    limit: usize,
+) -> Result<Transcript, LogError> {
+    let mut items: Vec<TranscriptItem> = Vec::new();
+    let mut partial: BTreeMap<String, String> = BTreeMap::new();
+    let push = |items: &mut Vec<TranscriptItem>, role: &str, content: String, seq: u64| {
+        let n = items.len() as u64;
+        items.push(TranscriptItem {
+            sequence: n,
+            role: role.to_owned(),
+            content,
+            event_id: Cursor(seq).to_string(),
+        });
+    };
+    let mut after = 0;
+    let mut last_seq = 0;
+    loop {
+        let page = log.read_after(runtime_id, worker_id, after, u64::MAX, 2000)?;
+        let Some(last) = page.last() else { break };
+        after = last.sequence;
+        for e in &page {
+            last_seq = e.sequence;
+            match e.payload["type"].as_str() {
+                Some("input") => {
+                    let role = e.payload["kind"].as_str().unwrap_or("user");
+                    let content = e.payload["content"].as_str().unwrap_or_default().to_owned();
+                    push(&mut items, role, content, e.sequence);
+                }
+                Some("output") => {
+                    let stream = e.payload["stream"].as_str().unwrap_or("stdout");
+                    let role = if stream == "stderr" {
+                        "stderr"
+                    } else {
+                        "assistant"
+                    };
+                    let buf = partial.entry(role.to_owned()).or_default();
+                    buf.push_str(e.payload["text"].as_str().unwrap_or_default());
+                    while let Some(i) = buf.find('\n') {
+                        let mut line: String = buf.drain(..=i).collect();
+                        line.pop();
+                        if line.ends_with('\r') {
+                            line.pop();
+                        }
+                        push(&mut items, role, line, e.sequence);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    for (role, rest) in partial {
+        if !rest.is_empty() {
+            push(&mut items, &role, rest, last_seq);
+        }
+    }
+    let mut diagnostics = Vec::new();
+    if log.pruned_through(runtime_id, worker_id)? > 0 {
+        diagnostics.push(Diagnostic::warning(
+            "backend.transcript_truncated",
+            "retention removed the beginning of this worker's events",
+        ));
+    }
+    let total = items.len() as u64;
+    let from = start.min(total) as usize;
+    let page: Vec<TranscriptItem> = items.into_iter().skip(from).take(limit).collect();
+    let end = from as u64 + page.len() as u64;
+    Ok(Transcript {
+        items: page,
+        total_items: total,
+        next_start: (end < total).then_some(end),
+        diagnostics,
+    })
+}

@@ -1,0 +1,84 @@
+//! The Baton backend (`baton serve`, DESIGN.md §3): an HTTP/WebSocket control plane over
+//! runtimes and workers, with a durable event log and resumable observation.
+//!
+//! DESIGN.md places the backend in `baton-server`; while that crate is owned by the exec-server
+//! work, the backend lives in this separate crate (`baton-backend`). Keep it here: the exec
+//! server and the backend share no code beyond `baton-exec`.
+//!
+//! # Pieces
+//! - [`Backend`] (core): runtimes ([`Runtime`]; one embedded [`LocalRuntime`] called `local` by
+//!   default), workers (processes in a runtime), and the [`EventLog`].
+//! - [`EventLog`]: SQLite in WAL mode at `DATA/events.sqlite3`. Every worker event is appended
+//!   with a global sequence; its cursor and `event_id` are `bo_` + 16 lowercase hex digits of
+//!   the sequence ([`Cursor`]). Workers and sequences survive a restart. [`Retention`] by age and
+//!   by total payload size; a cursor whose events were deleted gets
+//!   `backend.cursor_unknown_or_expired`.
+//! - [`router`] / [`serve`] / [`bind`]: the axum front with bearer-token auth ([`ServeOptions`];
+//!   a non-loopback bind requires a token).
+//!
+//! # Routes
+//! Ids are percent-encoded path segments (1..=256 bytes, no control characters; else 400
+//! `backend.bad_id`). Errors are `{"error": code, "message", "diagnostics": [{code, severity,
+//! message}]}` with 400 (bad id/body), 401 (no token), 403 (wrong token), 404 (unknown runtime,
+//! worker or route), 500 (event log), 501 (unsupported capability), 502 (runtime unavailable).
+//!
+//! | route | body | response |
+//! |---|---|---|
+//! | `GET /api/runtimes` | | 200 [`RuntimeList`] `{runtimes:[{runtime_id, kind, state, capabilities}]}` |
+//! | `GET /api/workers` | | 200 [`WorkerList`] `{workers:[WorkerSummary]}` |
+//! | `GET /api/runtimes/{rt}/workers` | | 200 [`WorkerList`] of that runtime |
+//! | `POST /api/runtimes/{rt}/workers` | [`SpawnRequest`] `{argv, cwd?, env?, tty?, label?}` | 201 [`WorkerSummary`] |
+//! | `GET /api/runtimes/{rt}/workers/{w}` | | 200 [`WorkerSummary`] `{runtime_id, worker_id, label, state, status, exit_code?, signal?, argv, cwd, tty, pid?, created_at_ms, last_event_id?}` |
+//! | `POST …/workers/{w}/input` | [`InputRequest`] `{kind: user\|system, content}` | 200 [`OperationResult`] `{state: accepted\|unsupported\|rejected, event_id?, diagnostics[]}` |
+//! | `POST …/workers/{w}/cancel` | [`LifecycleRequest`] `{reason?}` (body optional) | 200 [`OperationResult`]; SIGINT to the process group |
+//! | `POST …/workers/{w}/stop` | [`LifecycleRequest`] | 200 [`OperationResult`]; kills the process tree |
+//! | `GET …/workers/{w}/transcript?start&limit` | | 200 [`Transcript`] `{items:[{sequence, role, content, event_id}], total_items, next_start?, diagnostics[]}`; `limit` default 256, capped at 1000 |
+//! | `GET …/workers/{w}/events/ws?cursor=bo_…` | | WebSocket, see below |
+//!
+//! # Observation WebSocket
+//! Text frames [`WsFrame`]: `{"kind":"event","envelope":{cursor, event_id, runtime_id,
+//! worker_id, recorded_at_ms, payload}}` and `{"kind":"diagnostic","diagnostic":{code,
+//! message}}`. Without `cursor`: one `snapshot` event (payload `{"type":"snapshot","worker":
+//! WorkerSummary}`; its cursor is the log head it reflects), then live events. With `cursor`:
+//! every later event of the worker, in order, without gaps or duplicates (replayed from SQLite,
+//! then live; a subscriber that falls behind the live channel re-reads from SQLite). Diagnostic
+//! codes (each followed by a close frame 1008): `backend.worker_not_found`,
+//! `backend.runtime_unavailable`, `backend.cursor_malformed`,
+//! `backend.cursor_unknown_or_expired`, `backend.observation_only` (the client sent a text or
+//! binary frame). Pings are answered with pongs.
+//!
+//! Event payloads (`payload.type`): `spawned {argv, cwd, tty, label, env_names, pid}` (env values
+//! are never recorded), `output {stream: stdout|stderr|pty, text, data_b64?}` (`data_b64` holds
+//! the exact bytes when they are not UTF-8), `input {kind, content}`, `control {action:
+//! cancel|stop, reason}`, `exit {exit_code, signal, status}`, `status {state, status}` (e.g.
+//! `lost` after a restart), `diagnostic {code, severity, message}`, and the synthesized
+//! `snapshot`.
+//!
+//! # Runtimes
+//! Runner sessions (`baton-runner`) spawn with piped stdin only (no pty, no interrupt), so the
+//! local runtime uses `baton-exec` directly behind the [`Runtime`] trait; a runner-backed or
+//! remote runtime implements the same trait.
+
+mod api;
+mod backend;
+mod cursor;
+mod http;
+mod log;
+mod runtime;
+
+pub use api::{
+    Diagnostic, ErrorBody, EventEnvelope, FrameDiagnostic, InputKind, InputRequest,
+    LifecycleRequest, OperationResult, OperationState, RuntimeCapabilities, RuntimeList,
+    RuntimeSummary, Severity, SpawnRequest, Transcript, TranscriptItem, WorkerList, WorkerState,
+    WorkerSummary, WsFrame,
+};
+pub use backend::{
+    ApiError, Backend, BackendConfig, BackendError, DEFAULT_TRANSCRIPT_LIMIT, Lifecycle,
+    MAX_ID_LEN, MAX_TRANSCRIPT_LIMIT, validate_id,
+};
+pub use cursor::{Cursor, CursorError};
+pub use http::{ServeError, ServeOptions, bind, router, serve};
+pub use log::{CursorCheck, EventLog, LogError, LoggedEvent, Retention, WorkerRow};
+pub use runtime::{
+    LocalRuntime, Runtime, RuntimeError, WorkerControl, WorkerEvents, WorkerOutput, WorkerSpec,
+};

@@ -1,0 +1,242 @@
+//! Runtimes: where workers run.
+//!
+//! The backend talks to runtimes through the small [`Runtime`] trait. DESIGN.md §3 makes a
+//! runtime a runner session (`baton-runner`); today's runner sessions spawn with piped stdin only
+//! (no pty, no interrupt signal), so the embedded [`LocalRuntime`] runs workers directly on
+//! `baton-exec` (own process group, pty, SIGINT to the group, tree kill). A runner-backed runtime
+//! (local or remote exec server) slots in by implementing [`Runtime`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::api::RuntimeCapabilities;
+
+/// A worker to start, already validated by the backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerSpec {
+    /// Program and arguments (non-empty).
+    pub argv: Vec<String>,
+    /// Absolute working directory.
+    pub cwd: PathBuf,
+    /// Extra environment variables (added to the runtime's environment).
+    pub env: Vec<(String, String)>,
+    /// Run on a pseudo-terminal.
+    pub tty: bool,
+}
+
+/// Something a running worker did, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerOutput {
+    /// Bytes on a stream (`stdout`, `stderr` or `pty`).
+    Output {
+        /// Stream name.
+        stream: &'static str,
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
+    /// The worker's main process ended.
+    Exited {
+        /// Exit code, when it exited normally.
+        code: Option<i32>,
+        /// Signal number, when killed by a signal.
+        signal: Option<i32>,
+        /// Human-readable status, e.g. `exit code 0`.
+        status: String,
+    },
+}
+
+/// Errors of a runtime operation; the HTTP layer maps them to status codes.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The request is invalid for this runtime (bad program, cwd…): HTTP 400.
+    #[error("{message}")]
+    Invalid {
+        /// What is wrong.
+        message: String,
+        /// The cause.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// The runtime cannot do this at all: HTTP 501.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// The runtime could not be reached or failed: HTTP 502.
+    #[error("runtime unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Control of a running worker. Methods on a worker that already ended are harmless.
+#[async_trait]
+pub trait WorkerControl: Send + Sync + 'static {
+    /// Process id on the runtime's host, if known.
+    fn pid(&self) -> Option<u32>;
+    /// Writes bytes to the worker's stdin (or its terminal).
+    ///
+    /// # Errors
+    /// [`RuntimeError`] when stdin is closed or the write fails.
+    async fn write_stdin(&self, bytes: &[u8]) -> Result<(), RuntimeError>;
+    /// Sends an interrupt (SIGINT) to the worker's process group.
+    ///
+    /// # Errors
+    /// [`RuntimeError`] when the signal cannot be delivered.
+    fn interrupt(&self) -> Result<(), RuntimeError>;
+    /// Kills the worker's whole process tree.
+    fn terminate(&self);
+}
+
+/// The ordered events of a running worker; `None` after the last one (all streams closed and
+/// the process exited).
+#[async_trait]
+pub trait WorkerEvents: Send + 'static {
+    /// The next event.
+    async fn next(&mut self) -> Option<WorkerOutput>;
+}
+
+/// A place to run workers.
+#[async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// Opaque id, used in paths (`/api/runtimes/{id}`).
+    fn id(&self) -> &str;
+    /// Provider kind, e.g. `local`.
+    fn kind(&self) -> &'static str;
+    /// What it supports.
+    fn capabilities(&self) -> RuntimeCapabilities;
+    /// Working directory of a worker spawned without `cwd`.
+    fn default_cwd(&self) -> PathBuf;
+    /// Starts a worker.
+    ///
+    /// # Errors
+    /// [`RuntimeError`].
+    async fn spawn(
+        &self,
+        spec: WorkerSpec,
+    ) -> Result<(Arc<dyn WorkerControl>, Box<dyn WorkerEvents>), RuntimeError>;
+}
+
+/// The embedded runtime: workers are processes on this host, spawned with `baton-exec`. They
+/// inherit the backend's environment plus the requested variables, and are killed with their
+/// process tree when the backend stops.
+#[derive(Debug, Clone)]
+pub struct LocalRuntime {
+    id: String,
+    default_cwd: PathBuf,
+}
+
+impl LocalRuntime {
+    /// A local runtime with id `id` whose workers start in `default_cwd` unless told otherwise.
+    pub fn new(id: impl Into<String>, default_cwd: impl Into<PathBuf>) -> Self {
+        Self {
+            id: id.into(),
+            default_cwd: default_cwd.into(),
+        }
+    }
+}
+
+struct LocalControl(baton_exec::Process);
+
+#[async_trait]
+impl WorkerControl for LocalControl {
+    fn pid(&self) -> Option<u32> {
+        Some(self.0.pid())
+    }
+
+    async fn write_stdin(&self, bytes: &[u8]) -> Result<(), RuntimeError> {
+        self.0
+            .write_stdin(bytes)
+            .await
+            .map_err(|e| RuntimeError::Invalid {
+                message: format!("cannot write to the worker's stdin: {e}"),
+                source: Some(Box::new(e)),
+            })
+    }
+
+    fn interrupt(&self) -> Result<(), RuntimeError> {
+        self.0
+            .signal(baton_exec::Signal::Interrupt)
+            .map_err(|e| RuntimeError::Invalid {
+                message: format!("cannot interrupt the worker: {e}"),
+                source: Some(Box::new(e)),
+            })
+    }
+
+    fn terminate(&self) {
+        self.0.terminate();
+    }
+}
+
+struct LocalEvents(baton_exec::EventStream);
+
+#[async_trait]
+impl WorkerEvents for LocalEvents {
+    async fn next(&mut self) -> Option<WorkerOutput> {
+        match self.0.recv().await? {
+            baton_exec::ProcessEvent::Output { stream, chunk, .. } => Some(WorkerOutput::Output {
+                stream: stream.name(),
+                bytes: chunk.to_vec(),
+            }),
+            baton_exec::ProcessEvent::Exited { status, .. } => Some(WorkerOutput::Exited {
+                code: status.code(),
+                signal: status.signal(),
+                status: status.to_string(),
+            }),
+            baton_exec::ProcessEvent::Closed { .. } => None,
+        }
+    }
+}
+
+#[async_trait]
+impl Runtime for LocalRuntime {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
+    fn capabilities(&self) -> RuntimeCapabilities {
+        RuntimeCapabilities {
+            spawn: true,
+            input: true,
+            interrupt: true,
+            terminate: true,
+            tty: true,
+        }
+    }
+
+    fn default_cwd(&self) -> PathBuf {
+        self.default_cwd.clone()
+    }
+
+    async fn spawn(
+        &self,
+        spec: WorkerSpec,
+    ) -> Result<(Arc<dyn WorkerControl>, Box<dyn WorkerEvents>), RuntimeError> {
+        let (program, args) = spec
+            .argv
+            .split_first()
+            .ok_or_else(|| RuntimeError::Invalid {
+                message: "argv is empty".into(),
+                source: None,
+            })?;
+        let mut command = baton_exec::CommandSpec::new(program, &spec.cwd)
+            .args(args)
+            .env_from_parent()
+            .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(baton_exec::StdinMode::Piped);
+        if spec.tty {
+            command = command.pty(baton_exec::PtySize::new(24, 80));
+        }
+        let (process, events) =
+            baton_exec::spawn_streaming(&command).map_err(|e| RuntimeError::Invalid {
+                message: format!("cannot start {program:?}: {e}"),
+                source: Some(Box::new(e)),
+            })?;
+        Ok((
+            Arc::new(LocalControl(process)),
+            Box::new(LocalEvents(events)),
+        ))
+    }
+}

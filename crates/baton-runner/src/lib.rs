@@ -272,6 +272,24 @@ pub trait RunnerSession: Send + Sync + 'static {
     async fn close(&self) -> Result<(), RunnerError>;
 }
 
+/// The built-in providers keyed by id (`local`, `exec-server`, `ssh`), each with its stores
+/// (and, for `local`, fresh workspaces) under `base/<id>/`.
+///
+/// # Errors
+/// [`RunnerError::Io`] when a store directory cannot be created.
+pub fn builtin_providers(
+    base: &std::path::Path,
+) -> Result<std::collections::BTreeMap<String, Arc<dyn RunnerProvider>>, RunnerError> {
+    let providers: [Arc<dyn RunnerProvider>; 3] = [
+        Arc::new(LocalProvider::new(&base.join(LOCAL_PROVIDER_ID))?),
+        Arc::new(ExecServerProvider::new(
+            &base.join(EXEC_SERVER_PROVIDER_ID),
+        )?),
+        Arc::new(SshProvider::new(&base.join(SSH_PROVIDER_ID))?),
+    ];
+    Ok(providers.into_iter().map(|p| (p.id(), p)).collect())
+}
+
 /// Builds the [`RemoteWorkspace`] handle of a session.
 pub fn remote_workspace(session: Arc<dyn RunnerSession>) -> RemoteWorkspace {
     let root = session.paths().workspace().to_path_buf();

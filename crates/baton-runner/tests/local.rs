@@ -63,3 +63,20 @@ async fn fresh_workspace_is_created_and_removed() {
     s.close().await.expect("close");
     assert!(!ws.exists());
 }
+
+#[test]
+fn builtin_providers_are_keyed_by_id() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let providers = baton_runner::builtin_providers(tmp.path()).expect("providers");
+    let ids: Vec<&str> = providers.keys().map(String::as_str).collect();
+    assert_eq!(ids, ["exec-server", "local", "ssh"]);
+    for (id, p) in &providers {
+        assert_eq!(&p.id(), id);
+        assert!(p.capabilities().command_exec);
+    }
+    assert!(
+        providers["ssh"]
+            .setup_hint()
+            .is_some_and(|h| !h.contains('='))
+    );
+}

@@ -250,6 +250,11 @@ pub struct Transcript {
     /// `start` of the next page, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_start: Option<u64>,
+    /// Baton addition: the log position this projection reflects (the worker's last event when
+    /// it was computed). Observing with `?cursor=` this value continues exactly after the
+    /// transcript, without gaps or duplicates. Absent when the worker has no events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
     /// Problems (e.g. retention removed the beginning of the transcript).
     #[serde(default)]
     pub diagnostics: Vec<Diagnostic>,

@@ -652,6 +652,7 @@ fn project_transcript(
         items: page,
         total_items: total,
         next_start: (end < total).then_some(end),
+        cursor: (last_seq > 0).then(|| Cursor(last_seq).to_string()),
         diagnostics,
     })
 }

@@ -32,7 +32,7 @@
 //! | `POST …/workers/{w}/input` | [`InputRequest`] `{kind: user\|system, content}` | 200 [`OperationResult`] `{state: accepted\|unsupported\|rejected, event_id?, diagnostics[]}` |
 //! | `POST …/workers/{w}/cancel` | [`LifecycleRequest`] `{reason?}` (body optional) | 200 [`OperationResult`]; SIGINT to the process group |
 //! | `POST …/workers/{w}/stop` | [`LifecycleRequest`] | 200 [`OperationResult`]; kills the process tree |
-//! | `GET …/workers/{w}/transcript?start&limit` | | 200 [`Transcript`] `{items:[{sequence, role, content, event_id}], total_items, next_start?, diagnostics[]}`; `limit` default 256, capped at 1000 |
+//! | `GET …/workers/{w}/transcript?start&limit` | | 200 [`Transcript`] `{items:[{sequence, role, content, event_id}], total_items, next_start?, cursor?, diagnostics[]}`; `limit` default 256, capped at 1000 |
 //! | `GET …/workers/{w}/events/ws?cursor=bo_…` | | WebSocket, see below |
 //!
 //! # Observation WebSocket

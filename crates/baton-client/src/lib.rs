@@ -20,6 +20,7 @@
 //! After giving up, every process gets [`ProcessEvent::Failed`] and every call fails fast with
 //! [`ClientError::Disconnected`].
 
+pub mod backend;
 mod transport;
 
 use std::collections::{BTreeMap, HashMap};
@@ -104,6 +105,9 @@ pub struct ClientOptions {
     pub reorder_window: usize,
     /// What to do when the connection drops.
     pub reconnect: ReconnectPolicy,
+    /// How long a gap in a process's seqs may stay open (events waiting for a lower seq that
+    /// does not come) before it is filled with `process/read`.
+    pub gap_timeout: Duration,
     /// Largest accepted message in bytes.
     pub max_message_bytes: usize,
     /// Send paths as `file://` URIs (default; Baton accepts both dialects and current Codex
@@ -120,6 +124,7 @@ impl Default for ClientOptions {
             resume_session_id: None,
             reorder_window: 4096,
             reconnect: ReconnectPolicy::default(),
+            gap_timeout: Duration::from_secs(2),
             max_message_bytes: 64 * 1024 * 1024,
             uri_paths: true,
         }
@@ -235,25 +240,32 @@ struct ProcState {
     tx: mpsc::UnboundedSender<ProcessEvent>,
     wake: watch::Sender<u64>,
     catching_up: AtomicBool,
+    watching_gap: AtomicBool,
 }
 
 impl ProcState {
     /// Publishes `event` once every lower seq has been published; returns whether the process
     /// is now finished and whether the reorder window overflowed.
     fn publish(&self, event: ProcessEvent, window: usize) -> (bool, bool) {
+        let (done, overflow, _) = self.publish_gap(event, window);
+        (done, overflow)
+    }
+
+    /// [`ProcState::publish`], also telling whether events still wait for a lower seq.
+    fn publish_gap(&self, event: ProcessEvent, window: usize) -> (bool, bool, bool) {
         let mut o = lock(&self.ordered);
         if o.done {
-            return (true, false);
+            return (true, false, false);
         }
         let Some(seq) = event.seq() else {
             o.done = true;
             o.pending.clear();
             let _ = self.tx.send(event);
             self.wake.send_modify(|w| *w += 1);
-            return (true, false);
+            return (true, false, false);
         };
         if seq <= o.last {
-            return (false, false);
+            return (false, false, !o.pending.is_empty());
         }
         o.pending.entry(seq).or_insert(event);
         while let Some(ev) = {
@@ -270,10 +282,10 @@ impl ProcState {
             }
         }
         let last = o.last;
-        let (done, overflow) = (o.done, o.pending.len() > window);
+        let (done, overflow, gap) = (o.done, o.pending.len() > window, !o.pending.is_empty());
         drop(o);
         self.wake.send_modify(|w| *w = (*w).max(last));
-        (done, overflow)
+        (done, overflow, gap)
     }
 
     fn fail(&self, message: String) {
@@ -376,12 +388,36 @@ fn route(inner: &Arc<Inner>, id: &ProcessId, event: ProcessEvent) {
     let Some(state) = lock(&inner.procs).get(id).cloned() else {
         return;
     };
-    let (done, overflow) = state.publish(event, inner.options.reorder_window);
+    let (done, overflow, gap) = state.publish_gap(event, inner.options.reorder_window);
     if done {
         lock(&inner.procs).remove(id);
     } else if overflow {
         spawn_catch_up(inner.clone(), id.clone(), state);
+    } else if gap && !state.watching_gap.swap(true, Ordering::SeqCst) {
+        spawn_gap_watch(inner.clone(), id.clone(), state);
     }
+}
+
+/// Fills a gap that stays open for `gap_timeout` without progress (a notification the server
+/// never sent, e.g. output evicted while the client lagged) instead of waiting forever.
+fn spawn_gap_watch(inner: Arc<Inner>, id: ProcessId, state: Arc<ProcState>) {
+    let timeout = inner.options.gap_timeout;
+    tokio::spawn(async move {
+        loop {
+            let (before, _) = state.last();
+            tokio::time::sleep(timeout).await;
+            let (now, done) = state.last();
+            let waiting = !lock(&state.ordered).pending.is_empty();
+            if done || !waiting {
+                break;
+            }
+            if now == before {
+                spawn_catch_up(inner.clone(), id.clone(), state.clone());
+                break;
+            }
+        }
+        state.watching_gap.store(false, Ordering::SeqCst);
+    });
 }
 
 fn spawn_catch_up(inner: Arc<Inner>, id: ProcessId, state: Arc<ProcState>) {
@@ -668,6 +704,7 @@ impl ExecClient {
             tx,
             wake,
             catching_up: AtomicBool::new(false),
+            watching_gap: AtomicBool::new(false),
         });
         {
             let mut procs = lock(&self.inner.procs);

@@ -25,6 +25,16 @@ pub struct TestServer {
 
 impl TestServer {
     pub fn start(data: &Path, retention: Retention, token: Option<&str>) -> Self {
+        Self::start_at(data, retention, token, "127.0.0.1:0".parse().expect("addr"))
+    }
+
+    /// As [`TestServer::start`] on a given address (to restart on the same port).
+    pub fn start_at(
+        data: &Path,
+        retention: Retention,
+        token: Option<&str>,
+        at: SocketAddr,
+    ) -> Self {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
         let data: PathBuf = data.to_path_buf();
@@ -41,9 +51,7 @@ impl TestServer {
                 config.retention = retention;
                 config.default_cwd = std::env::temp_dir();
                 let backend = Backend::open(config, Vec::new()).expect("open backend");
-                let listener = baton_backend::bind("127.0.0.1:0".parse().expect("addr"), &options)
-                    .await
-                    .expect("bind");
+                let listener = baton_backend::bind(at, &options).await.expect("bind");
                 addr_tx
                     .send(listener.local_addr().expect("addr"))
                     .expect("send addr");

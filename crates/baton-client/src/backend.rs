@@ -1,0 +1,944 @@
+//! Client of the Baton backend (`baton serve`, DESIGN.md §3): worker management calls and a
+//! resumable observation of one worker.
+//!
+//! The behaviour follows the yoi Backend Runtime API client (seed 001) and goes further:
+//! - [`BackendTarget`] validation: an `http://` or `https://` base URL and non-empty runtime and
+//!   worker ids (ids are percent-encoded into paths).
+//! - [`BackendObserver::connect`] loads the tail of the transcript first, then observes the
+//!   event WebSocket **from the transcript's cursor**, so nothing between the two is lost or
+//!   shown twice (without a transcript it attaches without a cursor and starts from a snapshot).
+//! - Duplicate suppression: events at or below the last delivered sequence are dropped.
+//! - Bounded reconnects with exponential backoff ([`ObserveOptions`]), resuming from the last
+//!   cursor; a `backend.cursor_unknown_or_expired` diagnostic makes it resync from a fresh
+//!   snapshot ([`BackendEvent::Snapshot`]; consumers reset their view).
+//! - Every failure is delivered as a [`BackendEvent::Diagnostic`] (`client.*` codes for the
+//!   client's own failures, `backend.*` codes from the server).
+//!
+//! Plain `http://`/`ws://` only: this build has no TLS, so an `https://` target is accepted by
+//! validation but its requests fail with [`BackendClientError::TlsUnsupported`].
+//! The HTTP requests are minimal HTTP/1.1 (`Connection: close`) over a Tokio TCP stream.
+
+use std::time::Duration;
+
+use baton_rpc::tokio_tungstenite;
+use futures::{SinkExt as _, StreamExt as _};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+
+/// Largest HTTP response accepted, in bytes.
+const MAX_RESPONSE: usize = 64 * 1024 * 1024;
+
+/// Where a backend is and which worker to talk to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendTarget {
+    /// Backend API root, e.g. `http://127.0.0.1:8787` (the backend, never a runtime).
+    pub base_url: String,
+    /// Runtime id (path authority).
+    pub runtime_id: String,
+    /// Worker id (path authority).
+    pub worker_id: String,
+    /// Bearer token sent as `Authorization: Bearer …`, if the backend requires one.
+    pub token: Option<String>,
+}
+
+impl BackendTarget {
+    /// A target without a token.
+    pub fn new(
+        base_url: impl Into<String>,
+        runtime_id: impl Into<String>,
+        worker_id: impl Into<String>,
+    ) -> Self {
+        Self {
+            base_url: base_url.into(),
+            runtime_id: runtime_id.into(),
+            worker_id: worker_id.into(),
+            token: None,
+        }
+    }
+
+    /// `runtime/worker`, for messages.
+    pub fn display_label(&self) -> String {
+        format!("{}/{}", self.runtime_id, self.worker_id)
+    }
+
+    /// Checks the base URL scheme and that both ids are non-empty.
+    ///
+    /// # Errors
+    /// [`BackendClientError::InvalidTarget`].
+    pub fn validate(&self) -> Result<(), BackendClientError> {
+        validate_base(&self.base_url)?;
+        if self.runtime_id.is_empty() {
+            return Err(BackendClientError::InvalidTarget(
+                "runtime id is required".into(),
+            ));
+        }
+        if self.worker_id.is_empty() {
+            return Err(BackendClientError::InvalidTarget(
+                "worker id is required".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn worker_path(&self, suffix: &str) -> String {
+        let mut p = format!(
+            "/api/runtimes/{}/workers/{}",
+            encode(&self.runtime_id),
+            encode(&self.worker_id)
+        );
+        if !suffix.is_empty() {
+            p.push('/');
+            p.push_str(suffix);
+        }
+        p
+    }
+
+    /// The observation WebSocket URL, with `cursor` when given.
+    pub fn observation_url(&self, cursor: Option<&str>) -> String {
+        let base = self.base_url.trim_end_matches('/');
+        let base = if let Some(rest) = base.strip_prefix("https://") {
+            format!("wss://{rest}")
+        } else if let Some(rest) = base.strip_prefix("http://") {
+            format!("ws://{rest}")
+        } else {
+            base.to_owned()
+        };
+        let mut url = format!("{base}{}", self.worker_path("events/ws"));
+        if let Some(c) = cursor {
+            url.push_str("?cursor=");
+            url.push_str(&encode(c));
+        }
+        url
+    }
+}
+
+fn validate_base(base_url: &str) -> Result<(), BackendClientError> {
+    if base_url.trim().is_empty() {
+        return Err(BackendClientError::InvalidTarget(
+            "backend base URL is required".into(),
+        ));
+    }
+    let rest = base_url
+        .strip_prefix("http://")
+        .or_else(|| base_url.strip_prefix("https://"))
+        .ok_or_else(|| {
+            BackendClientError::InvalidTarget(format!(
+                "backend base URL must start with http:// or https://, got {base_url:?}"
+            ))
+        })?;
+    if rest.split('/').next().is_none_or(str::is_empty) {
+        return Err(BackendClientError::InvalidTarget(format!(
+            "backend base URL {base_url:?} has no host"
+        )));
+    }
+    Ok(())
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+pub fn encode(input: &str) -> String {
+    let mut out = String::with_capacity(input.len());
+    for b in input.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Parses a cursor `bo_` + 16 lowercase hex digits into its sequence.
+pub fn decode_cursor(cursor: &str) -> Option<u64> {
+    let hex = cursor.strip_prefix("bo_")?;
+    if hex.len() != 16 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// Errors of backend calls.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendClientError {
+    /// The target (URL or ids) is invalid.
+    #[error("invalid backend target: {0}")]
+    InvalidTarget(String),
+    /// `https://` targets need TLS, which this build does not include.
+    #[error("https backends are not supported by this build")]
+    TlsUnsupported,
+    /// Connecting or talking to the backend failed.
+    #[error("cannot reach the backend at {url}")]
+    Io {
+        /// The URL.
+        url: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The backend answered with a non-2xx status.
+    #[error("backend answered {status} {code}: {message}")]
+    Status {
+        /// HTTP status.
+        status: u16,
+        /// The `error` code of the body (empty if none).
+        code: String,
+        /// The message of the body (or the raw body).
+        message: String,
+    },
+    /// The response was not what the API promises.
+    #[error("unexpected backend response from {url}")]
+    Decode {
+        /// The URL.
+        url: String,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The response was not HTTP.
+    #[error("malformed HTTP response from {0}")]
+    Malformed(String),
+}
+
+/// A backend diagnostic as returned in `diagnostics[]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Diagnostic {
+    /// Code, e.g. `backend.worker_not_running`.
+    pub code: String,
+    /// `info`, `warning` or `error` (absent on WebSocket diagnostics).
+    #[serde(default)]
+    pub severity: Option<String>,
+    /// Explanation.
+    pub message: String,
+}
+
+/// Response of input/cancel/stop: `{state, event_id?, diagnostics[]}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperationResult {
+    /// `accepted`, `unsupported` or `rejected`.
+    pub state: String,
+    /// Cursor of the recorded event.
+    #[serde(default)]
+    pub event_id: Option<String>,
+    /// Problems.
+    #[serde(default)]
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// One transcript item `{sequence, role, content, event_id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TranscriptItem {
+    /// Index in the transcript.
+    pub sequence: u64,
+    /// `user`, `system`, `assistant` (stdout/pty line) or `stderr`.
+    pub role: String,
+    /// Text.
+    pub content: String,
+    /// Cursor of the event that completed it.
+    pub event_id: String,
+}
+
+/// Response of the transcript route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transcript {
+    /// Items.
+    pub items: Vec<TranscriptItem>,
+    /// Total number of items.
+    pub total_items: u64,
+    /// Next page start.
+    #[serde(default)]
+    pub next_start: Option<u64>,
+    /// Log position the projection reflects (resume observation from here).
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// Problems.
+    #[serde(default)]
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Something observed on a worker.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BackendEvent {
+    /// A transcript item loaded before observation started (oldest first).
+    Transcript(TranscriptItem),
+    /// A snapshot: the worker summary at `cursor`. After a resync, consumers reset their view.
+    Snapshot {
+        /// Cursor of the snapshot.
+        cursor: String,
+        /// The worker summary (`{runtime_id, worker_id, label, state, status, …}`).
+        worker: Value,
+    },
+    /// A logged event (`payload.type`: `output`, `input`, `exit`, …; see `baton-backend`).
+    Event {
+        /// Its cursor (= event id).
+        cursor: String,
+        /// The payload.
+        payload: Value,
+    },
+    /// A failure or a server diagnostic (`client.*` or `backend.*` code).
+    Diagnostic {
+        /// Code.
+        code: String,
+        /// Explanation.
+        message: String,
+    },
+}
+
+/// Reconnect and loading behaviour of [`BackendObserver`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObserveOptions {
+    /// Consecutive failed connection attempts before giving up (a connection that delivered a
+    /// frame resets the count).
+    pub max_reconnects: usize,
+    /// Delay before the first reconnect; doubles each attempt.
+    pub initial_backoff: Duration,
+    /// Largest delay between attempts.
+    pub max_backoff: Duration,
+    /// Number of transcript items loaded before observing (the newest ones; 0: none, attach
+    /// from a snapshot).
+    pub transcript_limit: usize,
+}
+
+impl Default for ObserveOptions {
+    fn default() -> Self {
+        Self {
+            max_reconnects: 5,
+            initial_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(5),
+            transcript_limit: 512,
+        }
+    }
+}
+
+/// Minimal HTTP/1.1 JSON calls to a backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendHttp {
+    base_url: String,
+    token: Option<String>,
+}
+
+impl BackendHttp {
+    /// A client for `base_url` (validated) with an optional bearer token.
+    ///
+    /// # Errors
+    /// [`BackendClientError::InvalidTarget`].
+    pub fn new(base_url: &str, token: Option<String>) -> Result<Self, BackendClientError> {
+        validate_base(base_url)?;
+        Ok(Self {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            token,
+        })
+    }
+
+    /// `method path` with an optional JSON body; returns the decoded JSON of a 2xx answer.
+    ///
+    /// # Errors
+    /// [`BackendClientError::Status`] for non-2xx (with the backend's error code), and the I/O,
+    /// TLS and decode variants.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, BackendClientError> {
+        let url = format!("{}{path}", self.base_url);
+        let rest = self
+            .base_url
+            .strip_prefix("http://")
+            .ok_or(BackendClientError::TlsUnsupported)?;
+        let (authority, prefix) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        let host_port = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            authority.to_owned()
+        } else {
+            format!("{authority}:80")
+        };
+        let io = |source| BackendClientError::Io {
+            url: url.clone(),
+            source,
+        };
+        let mut stream = tokio::net::TcpStream::connect(&host_port)
+            .await
+            .map_err(io)?;
+        let body = body.map(Value::to_string).unwrap_or_default();
+        let auth = self
+            .token
+            .as_ref()
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let request = format!(
+            "{method} {prefix}{path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nAccept: application/json\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.map_err(io)?;
+        let mut raw = Vec::new();
+        (&mut stream)
+            .take(MAX_RESPONSE as u64)
+            .read_to_end(&mut raw)
+            .await
+            .map_err(io)?;
+        let (status, body) =
+            parse_response(&raw).ok_or_else(|| BackendClientError::Malformed(url.clone()))?;
+        if !(200..300).contains(&status) {
+            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            return Err(BackendClientError::Status {
+                status,
+                code: v["error"].as_str().unwrap_or_default().to_owned(),
+                message: v["message"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned()),
+            });
+        }
+        serde_json::from_slice(&body).map_err(|source| BackendClientError::Decode { url, source })
+    }
+
+    /// `GET /api/workers` → the `workers` array.
+    ///
+    /// # Errors
+    /// As [`BackendHttp::call`].
+    pub async fn list_workers(&self) -> Result<Vec<Value>, BackendClientError> {
+        let v = self.call("GET", "/api/workers", None).await?;
+        Ok(v["workers"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// `POST /api/runtimes/{rt}/workers` with `request` (`{argv, cwd?, env?, tty?, label?}`) →
+    /// the worker summary.
+    ///
+    /// # Errors
+    /// As [`BackendHttp::call`].
+    pub async fn spawn(
+        &self,
+        runtime_id: &str,
+        request: &Value,
+    ) -> Result<Value, BackendClientError> {
+        let path = format!("/api/runtimes/{}/workers", encode(runtime_id));
+        self.call("POST", &path, Some(request)).await
+    }
+
+    /// `POST …/workers/{w}/{action}` for `cancel` or `stop` with an optional reason.
+    ///
+    /// # Errors
+    /// As [`BackendHttp::call`], plus decode errors.
+    pub async fn lifecycle(
+        &self,
+        runtime_id: &str,
+        worker_id: &str,
+        action: &str,
+        reason: Option<&str>,
+    ) -> Result<OperationResult, BackendClientError> {
+        let path = format!(
+            "/api/runtimes/{}/workers/{}/{action}",
+            encode(runtime_id),
+            encode(worker_id)
+        );
+        let url = path.clone();
+        let v = self
+            .call(
+                "POST",
+                &path,
+                Some(&serde_json::json!({ "reason": reason })),
+            )
+            .await?;
+        serde_json::from_value(v).map_err(|source| BackendClientError::Decode { url, source })
+    }
+
+    /// `POST …/workers/{w}/input` with `{kind, content}` (`kind`: `user` or `system`).
+    ///
+    /// # Errors
+    /// As [`BackendHttp::lifecycle`].
+    pub async fn input(
+        &self,
+        runtime_id: &str,
+        worker_id: &str,
+        kind: &str,
+        content: &str,
+    ) -> Result<OperationResult, BackendClientError> {
+        let path = format!(
+            "/api/runtimes/{}/workers/{}/input",
+            encode(runtime_id),
+            encode(worker_id)
+        );
+        let url = path.clone();
+        let v = self
+            .call(
+                "POST",
+                &path,
+                Some(&serde_json::json!({ "kind": kind, "content": content })),
+            )
+            .await?;
+        serde_json::from_value(v).map_err(|source| BackendClientError::Decode { url, source })
+    }
+
+    /// `GET …/transcript?start&limit`.
+    ///
+    /// # Errors
+    /// As [`BackendHttp::lifecycle`].
+    pub async fn transcript(
+        &self,
+        runtime_id: &str,
+        worker_id: &str,
+        start: u64,
+        limit: usize,
+    ) -> Result<Transcript, BackendClientError> {
+        let path = format!(
+            "/api/runtimes/{}/workers/{}/transcript?start={start}&limit={limit}",
+            encode(runtime_id),
+            encode(worker_id)
+        );
+        let url = path.clone();
+        let v = self.call("GET", &path, None).await?;
+        serde_json::from_value(v).map_err(|source| BackendClientError::Decode { url, source })
+    }
+}
+
+fn parse_response(raw: &[u8]) -> Option<(u16, Vec<u8>)> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..end]).ok()?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    let body = &raw[end + 4..];
+    let chunked = head.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    if !chunked {
+        return Some((status, body.to_vec()));
+    }
+    let mut out = Vec::new();
+    let mut rest = body;
+    loop {
+        let line_end = rest.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&rest[..line_end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            return Some((status, out));
+        }
+        out.extend_from_slice(rest.get(..size)?);
+        rest = rest.get(size + 2..)?;
+    }
+}
+
+/// A live observation of one worker: transcript, then events, reconnecting as needed.
+/// Dropping it stops the background task.
+#[derive(Debug)]
+pub struct BackendObserver {
+    target: BackendTarget,
+    http: BackendHttp,
+    events: mpsc::UnboundedReceiver<BackendEvent>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for BackendObserver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn diag(code: &str, message: impl Into<String>) -> BackendEvent {
+    BackendEvent::Diagnostic {
+        code: code.to_owned(),
+        message: message.into(),
+    }
+}
+
+impl BackendObserver {
+    /// Validates the target, loads the newest `options.transcript_limit` transcript items
+    /// (delivered as [`BackendEvent::Transcript`]) and starts observing after them. A transcript
+    /// failure is delivered as a `client.transcript_unavailable` diagnostic and observation then
+    /// starts from a snapshot.
+    ///
+    /// # Errors
+    /// [`BackendClientError::InvalidTarget`] only; everything later is a diagnostic event.
+    pub async fn connect(
+        target: BackendTarget,
+        options: ObserveOptions,
+    ) -> Result<Self, BackendClientError> {
+        target.validate()?;
+        let http = BackendHttp::new(&target.base_url, target.token.clone())?;
+        let (tx, events) = mpsc::unbounded_channel();
+        let mut cursor = None;
+        if options.transcript_limit > 0 {
+            match load_transcript_tail(&http, &target, options.transcript_limit).await {
+                Ok(t) => {
+                    for item in t.items {
+                        let _ = tx.send(BackendEvent::Transcript(item));
+                    }
+                    for d in t.diagnostics {
+                        let _ = tx.send(diag(&d.code, d.message));
+                    }
+                    cursor = t.cursor;
+                }
+                Err(e) => {
+                    let _ = tx.send(diag(
+                        "client.transcript_unavailable",
+                        format!("transcript of {} unavailable: {e}", target.display_label()),
+                    ));
+                }
+            }
+        }
+        let task = tokio::spawn(observe_loop(target.clone(), options, cursor, tx));
+        Ok(Self {
+            target,
+            http,
+            events,
+            task,
+        })
+    }
+
+    /// Observes from a known cursor (e.g. one saved earlier) without loading the transcript:
+    /// every event after `cursor`, or, if the backend says the cursor expired, a
+    /// `backend.cursor_unknown_or_expired` diagnostic followed by a fresh snapshot.
+    ///
+    /// # Errors
+    /// [`BackendClientError::InvalidTarget`].
+    pub fn resume(
+        target: BackendTarget,
+        options: ObserveOptions,
+        cursor: &str,
+    ) -> Result<Self, BackendClientError> {
+        target.validate()?;
+        let http = BackendHttp::new(&target.base_url, target.token.clone())?;
+        let (tx, events) = mpsc::unbounded_channel();
+        let task = tokio::spawn(observe_loop(
+            target.clone(),
+            options,
+            Some(cursor.to_owned()),
+            tx,
+        ));
+        Ok(Self {
+            target,
+            http,
+            events,
+            task,
+        })
+    }
+
+    /// The next event; `None` once observation stopped (after a final diagnostic).
+    pub async fn next_event(&mut self) -> Option<BackendEvent> {
+        self.events.recv().await
+    }
+
+    /// An event if one is ready.
+    pub fn try_next_event(&mut self) -> Option<BackendEvent> {
+        self.events.try_recv().ok()
+    }
+
+    /// The target.
+    pub fn target(&self) -> &BackendTarget {
+        &self.target
+    }
+
+    /// Sends `user` (stdin) or `system` (note) input.
+    ///
+    /// # Errors
+    /// As [`BackendHttp::input`].
+    pub async fn send_input(
+        &self,
+        kind: &str,
+        content: &str,
+    ) -> Result<OperationResult, BackendClientError> {
+        self.http
+            .input(
+                &self.target.runtime_id,
+                &self.target.worker_id,
+                kind,
+                content,
+            )
+            .await
+    }
+
+    /// Interrupts the worker (`cancel`).
+    ///
+    /// # Errors
+    /// As [`BackendHttp::lifecycle`].
+    pub async fn cancel(
+        &self,
+        reason: Option<&str>,
+    ) -> Result<OperationResult, BackendClientError> {
+        self.http
+            .lifecycle(
+                &self.target.runtime_id,
+                &self.target.worker_id,
+                "cancel",
+                reason,
+            )
+            .await
+    }
+
+    /// Terminates the worker's process tree (`stop`).
+    ///
+    /// # Errors
+    /// As [`BackendHttp::lifecycle`].
+    pub async fn stop(&self, reason: Option<&str>) -> Result<OperationResult, BackendClientError> {
+        self.http
+            .lifecycle(
+                &self.target.runtime_id,
+                &self.target.worker_id,
+                "stop",
+                reason,
+            )
+            .await
+    }
+}
+
+async fn load_transcript_tail(
+    http: &BackendHttp,
+    target: &BackendTarget,
+    limit: usize,
+) -> Result<Transcript, BackendClientError> {
+    let first = http
+        .transcript(&target.runtime_id, &target.worker_id, 0, limit)
+        .await?;
+    if first.total_items as usize <= first.items.len() {
+        return Ok(first);
+    }
+    let start = first.total_items.saturating_sub(limit as u64);
+    http.transcript(&target.runtime_id, &target.worker_id, start, limit)
+        .await
+}
+
+enum Connection {
+    /// Ended by the server or the network; reconnect.
+    Dropped { delivered: bool },
+    /// The cursor expired: resync from a snapshot.
+    Resync,
+    /// Nothing more to do (worker gone, consumer gone).
+    Stop,
+}
+
+async fn observe_loop(
+    target: BackendTarget,
+    options: ObserveOptions,
+    mut cursor: Option<String>,
+    tx: mpsc::UnboundedSender<BackendEvent>,
+) {
+    let mut last = cursor.as_deref().and_then(decode_cursor).unwrap_or(0);
+    let mut failures = 0usize;
+    loop {
+        let outcome = observe_once(&target, &mut cursor, &mut last, &tx).await;
+        match outcome {
+            Connection::Stop => return,
+            Connection::Resync => {
+                cursor = None;
+                last = 0;
+                continue;
+            }
+            Connection::Dropped { delivered } => {
+                if delivered {
+                    failures = 0;
+                }
+                failures += 1;
+                if failures > options.max_reconnects {
+                    let _ = tx.send(diag(
+                        "client.reconnect_exhausted",
+                        format!(
+                            "observation of {} stopped after {} reconnect attempts",
+                            target.display_label(),
+                            options.max_reconnects
+                        ),
+                    ));
+                    return;
+                }
+                let factor = 1u32 << (failures - 1).min(16);
+                let delay = options
+                    .initial_backoff
+                    .saturating_mul(factor)
+                    .min(options.max_backoff);
+                tokio::time::sleep(delay).await;
+            }
+        }
+        if tx.is_closed() {
+            return;
+        }
+    }
+}
+
+async fn observe_once(
+    target: &BackendTarget,
+    cursor: &mut Option<String>,
+    last: &mut u64,
+    tx: &mpsc::UnboundedSender<BackendEvent>,
+) -> Connection {
+    if target.base_url.starts_with("https://") {
+        let _ = tx.send(diag(
+            "client.tls_unsupported",
+            "https backends are not supported by this build",
+        ));
+        return Connection::Stop;
+    }
+    let url = target.observation_url(cursor.as_deref());
+    let mut request = match url.as_str().into_client_request() {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = tx.send(diag("client.ws_connect_failed", e.to_string()));
+            return Connection::Stop;
+        }
+    };
+    if let Some(token) = &target.token
+        && let Ok(v) = format!("Bearer {token}").parse()
+    {
+        request.headers_mut().insert("authorization", v);
+    }
+    let mut ws = match tokio_tungstenite::connect_async(request).await {
+        Ok((ws, _)) => ws,
+        Err(e) => {
+            let _ = tx.send(diag(
+                "client.ws_connect_failed",
+                format!("cannot observe {}: {e}", target.display_label()),
+            ));
+            return Connection::Dropped { delivered: false };
+        }
+    };
+    let mut delivered = false;
+    while let Some(message) = ws.next().await {
+        let text = match message {
+            Ok(Message::Text(t)) => t,
+            Ok(Message::Ping(p)) => {
+                let _ = ws.send(Message::Pong(p)).await;
+                continue;
+            }
+            Ok(Message::Close(_)) => break,
+            Ok(_) => continue,
+            Err(e) => {
+                let _ = tx.send(diag(
+                    "client.ws_error",
+                    format!("observation of {} failed: {e}", target.display_label()),
+                ));
+                break;
+            }
+        };
+        delivered = true;
+        let frame: Value = match serde_json::from_str(&text) {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = tx.send(diag(
+                    "client.frame_invalid",
+                    format!("frame is not JSON: {e}"),
+                ));
+                continue;
+            }
+        };
+        match frame["kind"].as_str() {
+            Some("event") => {
+                let env = &frame["envelope"];
+                if env["runtime_id"] != target.runtime_id.as_str()
+                    || env["worker_id"] != target.worker_id.as_str()
+                {
+                    let _ = tx.send(diag(
+                        "client.target_mismatch",
+                        format!(
+                            "frame for another worker: {}/{}",
+                            env["runtime_id"], env["worker_id"]
+                        ),
+                    ));
+                    continue;
+                }
+                let Some(c) = env["cursor"].as_str() else {
+                    let _ = tx.send(diag("client.frame_invalid", "event without cursor"));
+                    continue;
+                };
+                let Some(seq) = decode_cursor(c) else {
+                    let _ = tx.send(diag("client.cursor_malformed", format!("cursor {c:?}")));
+                    continue;
+                };
+                let payload = env["payload"].clone();
+                let is_snapshot = payload["type"] == "snapshot";
+                if !is_snapshot && seq <= *last {
+                    continue; // duplicate
+                }
+                *last = (*last).max(seq);
+                *cursor = Some(c.to_owned());
+                let event = if is_snapshot {
+                    BackendEvent::Snapshot {
+                        cursor: c.to_owned(),
+                        worker: payload["worker"].clone(),
+                    }
+                } else {
+                    BackendEvent::Event {
+                        cursor: c.to_owned(),
+                        payload,
+                    }
+                };
+                if tx.send(event).is_err() {
+                    return Connection::Stop;
+                }
+            }
+            Some("diagnostic") => {
+                let code = frame["diagnostic"]["code"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                let message = frame["diagnostic"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                let _ = tx.send(diag(&code, message));
+                return match code.as_str() {
+                    "backend.cursor_unknown_or_expired" => Connection::Resync,
+                    "backend.upstream_disconnect" | "backend.runtime_unavailable" => {
+                        Connection::Dropped { delivered }
+                    }
+                    _ => Connection::Stop,
+                };
+            }
+            _ => {
+                let _ = tx.send(diag(
+                    "client.frame_invalid",
+                    format!("unknown frame {frame}"),
+                ));
+            }
+        }
+    }
+    Connection::Dropped { delivered }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validates_targets_and_builds_urls() {
+        let ok = BackendTarget::new("http://127.0.0.1:8787/", "runtime/one", "worker one");
+        ok.validate().expect("valid");
+        assert_eq!(
+            ok.observation_url(Some("bo_0000000000000001")),
+            "ws://127.0.0.1:8787/api/runtimes/runtime%2Fone/workers/worker%20one/events/ws?cursor=bo_0000000000000001"
+        );
+        assert_eq!(
+            BackendTarget::new("https://h", "a", "b").observation_url(None),
+            "wss://h/api/runtimes/a/workers/b/events/ws"
+        );
+        for bad in [
+            BackendTarget::new("", "a", "b"),
+            BackendTarget::new("ftp://h", "a", "b"),
+            BackendTarget::new("http://", "a", "b"),
+            BackendTarget::new("http://h", "", "b"),
+            BackendTarget::new("http://h", "a", ""),
+        ] {
+            assert!(
+                matches!(bad.validate(), Err(BackendClientError::InvalidTarget(_))),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(decode_cursor("bo_00000000000000ff"), Some(255));
+        assert_eq!(decode_cursor("bo_00000000000000FF"), None);
+        assert_eq!(decode_cursor("bo_ff"), None);
+    }
+
+    #[test]
+    fn parses_plain_and_chunked_responses() {
+        let plain = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+        assert_eq!(parse_response(plain), Some((200, b"{}".to_vec())));
+        let chunked = b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"a\r\n4\r\n\":1}\r\n0\r\n\r\n";
+        assert_eq!(parse_response(chunked), Some((404, b"{\"a\":1}".to_vec())));
+        assert_eq!(parse_response(b"garbage"), None);
+    }
+}

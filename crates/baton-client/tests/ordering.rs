@@ -68,11 +68,15 @@ fn output(id: &str, seq: u64, text: &str) -> Value {
 }
 
 async fn client() -> (ExecClient, mpsc::UnboundedSender<Value>) {
+    client_with(ClientOptions::default()).await
+}
+
+async fn client_with(options: ClientOptions) -> (ExecClient, mpsc::UnboundedSender<Value>) {
     let (a, b) = UnixStream::pair().expect("pair");
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(scripted_server(a, rx));
     let (r, w) = b.into_split();
-    let client = ExecClient::connect_transport(Transport::stdio(r, w), ClientOptions::default())
+    let client = ExecClient::connect_transport(Transport::stdio(r, w), options)
         .await
         .expect("connect");
     (client, tx)
@@ -167,4 +171,44 @@ async fn a_noisy_process_does_not_starve_a_quiet_one() {
         .expect("quiet woken")
         .expect("wake channel open");
     assert_eq!(*wake.borrow(), 1);
+}
+
+#[tokio::test]
+async fn a_gap_that_never_fills_ends_in_an_explicit_failure() {
+    let (client, script) = client_with(ClientOptions {
+        gap_timeout: Duration::from_millis(50),
+        ..Default::default()
+    })
+    .await;
+    let mut p = client
+        .spawn(
+            "gap",
+            &["x".into()],
+            std::path::Path::new("/"),
+            Default::default(),
+            false,
+            false,
+        )
+        .await
+        .expect("start");
+    // Seq 1 never comes, and this server cannot answer process/read.
+    script.send(output("gap", 2, "two")).expect("script");
+    script
+        .send(json!({"method": "process/closed", "params": {"processId": "gap", "seq": 3}}))
+        .expect("script");
+    match tokio::time::timeout(T, p.next_event())
+        .await
+        .expect("in time")
+    {
+        Some(ProcessEvent::Failed(message)) => {
+            assert!(message.contains("cannot catch up"), "{message}")
+        }
+        other => panic!("expected an explicit failure, got {other:?}"),
+    }
+    assert_eq!(
+        tokio::time::timeout(T, p.next_event())
+            .await
+            .expect("in time"),
+        None
+    );
 }

@@ -177,12 +177,27 @@ impl Peer {
     /// Errors: [`CallError::Closed`] when the connection is closed, [`CallError::Json`] when
     /// the params do not serialise.
     pub async fn notify<P: Serialize>(&self, method: &str, params: &P) -> Result<(), CallError> {
-        let params = serde_json::to_value(params).map_err(CallError::Json)?;
-        self.send(Message::Notification(Notification {
-            method: method.to_owned(),
+        // Serialised in one pass (no intermediate `Value`): this is the output hot path.
+        #[derive(Serialize)]
+        struct Out<'a, P> {
+            jsonrpc: &'static str,
+            method: &'a str,
+            params: &'a P,
+        }
+        let text = serde_json::to_string(&Out {
+            jsonrpc: "2.0",
+            method,
             params,
-        }))
-        .await
+        })
+        .map_err(CallError::Json)?;
+        if self.is_closed() {
+            return Err(CallError::Closed(self.close_reason()));
+        }
+        self.shared
+            .out
+            .send(Outgoing::Text(text))
+            .await
+            .map_err(|_| CallError::Closed(self.close_reason()))
     }
 
     async fn send(&self, msg: Message) -> Result<(), CallError> {

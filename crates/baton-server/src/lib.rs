@@ -29,6 +29,7 @@ mod env;
 mod fs;
 mod http;
 mod paths;
+mod retain;
 mod server;
 
 use std::path::PathBuf;

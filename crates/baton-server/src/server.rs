@@ -5,12 +5,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use baton_exec::{CommandSpec, Process, ProcessEvent, PtySize, SpawnOptions, StdinMode};
+use baton_exec::{
+    CommandSpec, OutputMode, Process, ProcessEvent, PtySize, SpawnOptions, StdinMode,
+};
 use baton_protocol::exec::{
     self as proto, ClosedNotification, Empty, ExitedNotification, InitializeParams,
-    InitializeResponse, OutputChunk, OutputNotification, OutputStream, ProcessId, ReadParams,
-    ReadResponse, ResizeParams, SignalParams, StartParams, StartResponse, TerminateParams,
-    TerminateResponse, WriteParams, WriteResponse, WriteStatus, error_codes, methods,
+    InitializeResponse, OutputNotification, OutputStream, ProcessId, ReadParams, ReadResponse,
+    ResizeParams, SignalParams, StartParams, StartResponse, TerminateParams, TerminateResponse,
+    WriteParams, WriteResponse, WriteStatus, error_codes, methods,
 };
 use baton_protocol::jsonrpc::RpcError;
 use baton_rpc::{Connection, ConnectionConfig, Handler, Peer, Transport};
@@ -22,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ServerConfig;
 use crate::paths::{Last, Roots};
+use crate::retain::Retained;
 
 /// Longest accepted `waitMs` (longer waits are shortened to this): one hour.
 const MAX_WAIT: Duration = Duration::from_secs(3600);
@@ -64,6 +67,7 @@ struct Proc {
     process: Process,
     writable: bool,
     write_ids: Mutex<(HashSet<String>, VecDeque<String>)>,
+    retained: Retained,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -387,7 +391,7 @@ async fn dispatch(
 ) -> Result<Value, RpcError> {
     match method {
         methods::PROCESS_START => to_value(start(&inner, &session, parse(params)?)?),
-        methods::PROCESS_READ => to_value(read(&inner, &session, parse(params)?).await?),
+        methods::PROCESS_READ => to_value(read(&session, parse(params)?).await?),
         methods::PROCESS_WRITE => to_value(write(&session, parse(params)?).await?),
         methods::PROCESS_TERMINATE => {
             // As in Codex, an unknown (or already forgotten) process is simply not running.
@@ -506,7 +510,11 @@ fn start(
             p.process_id
         )));
     }
-    let options = SpawnOptions::retained_bytes(inner.config.retained_bytes);
+    // Streaming mode: lossless and backpressured; the forwarder retains output itself.
+    let options = SpawnOptions {
+        output: OutputMode::Streaming { capacity: 16 },
+        ..SpawnOptions::streaming()
+    };
     let process = baton_exec::spawn(&spec, options).map_err(|e| {
         let mut message = e.to_string();
         let mut source = std::error::Error::source(&e);
@@ -522,11 +530,16 @@ fn start(
             _ => RpcError::internal(message),
         }
     })?;
-    let subscription = process.subscribe();
+    let Some(events) = process.take_events() else {
+        return Err(RpcError::internal(
+            "the process event stream is unavailable",
+        ));
+    };
     let proc = Arc::new(Proc {
         process: process.clone(),
         writable: p.pipe_stdin || p.tty,
         write_ids: Mutex::new(Default::default()),
+        retained: Retained::new(inner.config.retained_bytes),
     });
     st.procs.insert(p.process_id.clone(), proc.clone());
     drop(st);
@@ -534,7 +547,7 @@ fn start(
         Arc::downgrade(session),
         p.process_id.clone(),
         proc,
-        subscription,
+        events,
         inner.config.closed_retention,
     ));
     Ok(StartResponse {
@@ -550,133 +563,76 @@ fn wire_stream(s: baton_exec::Stream) -> OutputStream {
     }
 }
 
-/// A notification ready to send.
-enum Note {
-    Output(OutputNotification),
-    Exited(ExitedNotification),
-    Closed(ClosedNotification),
-}
-
-/// Pushes a process's events to whichever connection is attached to its session, in seq order
-/// and without duplicates; gaps (events published before the subscription, or dropped because
-/// the connection was slow) are filled from the retained output.
+/// Retains a process's events and pushes them, in seq order, to whichever connection is
+/// attached to its session. While one is attached, sending waits for the connection, which
+/// slows the child down instead of dropping output; while detached, output is only retained.
 async fn forward(
     session: Weak<Session>,
     id: ProcessId,
     proc: Arc<Proc>,
-    mut sub: baton_exec::Subscription,
+    mut events: baton_exec::EventStream,
     retention: Duration,
 ) {
-    let mut sent = 0u64;
-    let mut exit_sent = false;
-    loop {
-        let (event, ended) = match sub.recv().await {
-            Ok(ev) => (Some(ev), false),
-            Err(baton_exec::SubscriptionError::Lagged { .. }) => continue,
-            Err(baton_exec::SubscriptionError::Ended) => (None, true),
-        };
-        let upto = match &event {
-            Some(ev) => ev.seq(),
-            None => proc.process.last_seq() + 1,
-        };
-        let mut notes = Vec::new();
-        if upto > sent + 1 {
-            // Fill the gap (sent, upto) from the retained buffer.
-            if let Ok(r) = proc.process.read(Some(sent), None, None).await {
-                let mut seqs = HashSet::new();
-                for c in r.chunks.iter().filter(|c| c.seq < upto) {
-                    seqs.insert(c.seq);
-                    notes.push((
-                        c.seq,
-                        Note::Output(OutputNotification {
-                            process_id: id.clone(),
-                            seq: c.seq,
-                            stream: wire_stream(c.stream),
-                            chunk: c.bytes.to_vec().into(),
-                        }),
-                    ));
-                }
-                let lowest_kept = r.evicted_before.unwrap_or(0);
-                let closed_seq = (ended && r.closed).then(|| proc.process.last_seq());
-                for seq in (sent + 1)..upto {
-                    if seqs.contains(&seq) || seq < lowest_kept {
-                        continue;
-                    }
-                    if Some(seq) == closed_seq {
-                        notes.push((
-                            seq,
-                            Note::Closed(ClosedNotification {
-                                process_id: id.clone(),
-                                seq,
-                            }),
-                        ));
-                    } else if let (false, Some(code)) = (exit_sent, r.exit_code) {
-                        exit_sent = true;
-                        notes.push((
-                            seq,
-                            Note::Exited(ExitedNotification {
-                                process_id: id.clone(),
-                                seq,
-                                exit_code: code,
-                            }),
-                        ));
-                    }
-                }
-                notes.sort_by_key(|(s, _)| *s);
-            }
-        }
-        let mut closed = ended;
-        if let Some(ev) = event
-            && ev.seq() > sent
-        {
-            notes.push((
-                ev.seq(),
-                match ev {
-                    ProcessEvent::Output { seq, stream, chunk } => {
-                        Note::Output(OutputNotification {
-                            process_id: id.clone(),
-                            seq,
-                            stream: wire_stream(stream),
-                            chunk: chunk.to_vec().into(),
-                        })
-                    }
-                    ProcessEvent::Exited { seq, status } => {
-                        exit_sent = true;
-                        Note::Exited(ExitedNotification {
-                            process_id: id.clone(),
-                            seq,
-                            exit_code: status.code_for_shell(),
-                        })
-                    }
-                    ProcessEvent::Closed { seq } => {
-                        closed = true;
-                        Note::Closed(ClosedNotification {
-                            process_id: id.clone(),
-                            seq,
-                        })
-                    }
-                },
-            ));
-        }
+    let mut closed = false;
+    while let Some(event) = events.recv().await {
         let peer = session
             .upgrade()
             .and_then(|s| lock(&s.state).attached.as_ref().map(|(_, p)| p.clone()));
-        for (seq, note) in notes {
-            if seq <= sent {
-                continue;
+        let sent = match event {
+            ProcessEvent::Output { seq, stream, chunk } => {
+                let stream = wire_stream(stream);
+                let note = peer.as_ref().map(|_| OutputNotification {
+                    process_id: id.clone(),
+                    seq,
+                    stream,
+                    chunk: chunk.to_vec().into(),
+                });
+                proc.retained.push_output(seq, stream, chunk);
+                match (peer, note) {
+                    (Some(peer), Some(n)) => peer.notify(methods::PROCESS_OUTPUT, &n).await,
+                    _ => Ok(()),
+                }
             }
-            sent = seq;
-            if let Some(peer) = &peer {
-                let _ = match note {
-                    Note::Output(n) => peer.notify(methods::PROCESS_OUTPUT, &n).await,
-                    Note::Exited(n) => peer.notify(methods::PROCESS_EXITED, &n).await,
-                    Note::Closed(n) => peer.notify(methods::PROCESS_CLOSED, &n).await,
-                };
+            ProcessEvent::Exited { seq, status } => {
+                let exit_code = status.code_for_shell();
+                proc.retained.push_exit(seq, exit_code);
+                match peer {
+                    Some(peer) => {
+                        let n = ExitedNotification {
+                            process_id: id.clone(),
+                            seq,
+                            exit_code,
+                        };
+                        peer.notify(methods::PROCESS_EXITED, &n).await
+                    }
+                    None => Ok(()),
+                }
             }
+            ProcessEvent::Closed { seq } => {
+                closed = true;
+                proc.retained.push_closed(seq);
+                match peer {
+                    Some(peer) => {
+                        let n = ClosedNotification {
+                            process_id: id.clone(),
+                            seq,
+                        };
+                        peer.notify(methods::PROCESS_CLOSED, &n).await
+                    }
+                    None => Ok(()),
+                }
+            }
+        };
+        if let Err(e) = sent {
+            // The connection went away; the client catches up with process/read.
+            tracing::debug!(process = %id, "notification not delivered: {e}");
         }
         if closed {
             break;
         }
+    }
+    if !closed {
+        proc.retained.mark_closed();
     }
     // Keep the closed process readable for the retention period, then free its id.
     let weak_proc = Arc::downgrade(&proc);
@@ -694,35 +650,16 @@ async fn forward(
     }
 }
 
-async fn read(inner: &Inner, session: &Session, p: ReadParams) -> Result<ReadResponse, RpcError> {
+async fn read(session: &Session, p: ReadParams) -> Result<ReadResponse, RpcError> {
     let proc = find(session, &p.process_id)?;
     let wait = p
         .wait_ms
         .filter(|w| *w > 0)
         .map(|w| Duration::from_millis(w).min(MAX_WAIT));
-    let _ = inner;
-    let r = proc
-        .process
-        .read(p.after_seq, p.max_bytes, wait)
-        .await
-        .map_err(|e| RpcError::internal(e.to_string()))?;
-    Ok(ReadResponse {
-        chunks: r
-            .chunks
-            .into_iter()
-            .map(|c| OutputChunk {
-                seq: c.seq,
-                stream: wire_stream(c.stream),
-                chunk: c.bytes.to_vec().into(),
-            })
-            .collect(),
-        next_seq: r.next_seq,
-        exited: r.exited,
-        exit_code: r.exit_code,
-        closed: r.closed,
-        failure: None,
-        evicted_before: r.evicted_before,
-    })
+    Ok(proc
+        .retained
+        .read(p.after_seq.unwrap_or(0), p.max_bytes, wait)
+        .await)
 }
 
 async fn write(session: &Session, p: WriteParams) -> Result<WriteResponse, RpcError> {

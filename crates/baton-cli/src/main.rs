@@ -28,6 +28,12 @@ enum Command {
     Exec(Box<exec::ExecArgs>),
     /// Workspaces anywhere (local:DIR, ws://, ssh://): exec, snapshots, artifacts.
     Runner(Box<runner_cmd::RunnerArgs>),
+    /// Serve the backend: HTTP/WebSocket control plane over runtimes and workers.
+    Serve(Box<serve::ServeArgs>),
+    /// List, start, stop or interrupt workers of a backend.
+    Workers(Box<serve::WorkersArgs>),
+    /// Attach to a worker of a backend: live output, typed lines as input, Ctrl-C detaches.
+    Attach(Box<serve::AttachArgs>),
 }
 
 mod cache_cmd;
@@ -35,6 +41,7 @@ mod exec;
 mod exec_server;
 mod run;
 mod runner_cmd;
+mod serve;
 mod style;
 
 fn main() -> ExitCode {
@@ -45,6 +52,9 @@ fn main() -> ExitCode {
         Command::ExecServer(args) => exec_server::main(*args),
         Command::Exec(args) => exec::main(*args),
         Command::Runner(args) => runner_cmd::main(*args),
+        Command::Serve(args) => serve::serve_main(*args),
+        Command::Workers(args) => serve::workers_main(*args),
+        Command::Attach(args) => serve::attach_main(*args),
     };
     match result {
         Ok(code) => code,

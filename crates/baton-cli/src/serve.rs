@@ -1,0 +1,386 @@
+//! `baton serve` (the backend of DESIGN.md §3, crate `baton-backend`), `baton workers …` and
+//! `baton attach RUNTIME/WORKER` (clients of it, `baton_client::backend`).
+//!
+//! `baton serve` prints only the bound `http://HOST:PORT` line on stdout; logs go to stderr.
+//! Clients find the backend with `--url` (or `BATON_BACKEND_URL`, default
+//! `http://127.0.0.1:8787`) and the token with `--token-file` (or `BATON_BACKEND_TOKEN`).
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use baton_backend::{Backend, BackendConfig, Retention, ServeOptions};
+use baton_client::backend::{
+    BackendEvent, BackendHttp, BackendObserver, BackendTarget, ObserveOptions,
+};
+use tokio::io::AsyncBufReadExt as _;
+
+const DEFAULT_URL: &str = "http://127.0.0.1:8787";
+
+/// Arguments of `baton serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free one). Off loopback a token is required.
+    #[arg(long, default_value = "127.0.0.1:8787")]
+    pub listen: SocketAddr,
+    /// Directory of the durable event log (`events.sqlite3`).
+    #[arg(long, value_name = "DIR", default_value = ".baton/backend")]
+    pub data: PathBuf,
+    /// File holding the bearer token clients must send.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Delete events older than this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    pub retain_seconds: Option<u64>,
+    /// Delete the oldest events when all payloads exceed this many bytes.
+    #[arg(long, value_name = "BYTES")]
+    pub retain_bytes: Option<u64>,
+    /// Working directory of workers spawned without `cwd` (default: the current directory).
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<PathBuf>,
+}
+
+/// Where the backend is (shared by `workers` and `attach`).
+#[derive(Debug, clap::Args)]
+pub struct BackendAddr {
+    /// Backend URL.
+    #[arg(long, global = true, env = "BATON_BACKEND_URL", default_value = DEFAULT_URL)]
+    pub url: String,
+    /// File holding the bearer token (else `BATON_BACKEND_TOKEN`).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// Arguments of `baton workers`.
+#[derive(Debug, clap::Args)]
+pub struct WorkersArgs {
+    #[command(flatten)]
+    backend: BackendAddr,
+    #[command(subcommand)]
+    command: WorkersCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum WorkersCommand {
+    /// List workers (`RUNTIME/WORKER STATE STATUS LABEL`, or JSON with --json).
+    List {
+        /// Print the JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a worker and print `RUNTIME/WORKER`.
+    Spawn {
+        /// Runtime id.
+        #[arg(long, default_value = "local")]
+        runtime: String,
+        /// Label.
+        #[arg(long)]
+        label: Option<String>,
+        /// Absolute working directory.
+        #[arg(long)]
+        cwd: Option<String>,
+        /// Run on a pseudo-terminal.
+        #[arg(long)]
+        tty: bool,
+        /// Extra environment variable `NAME=VALUE` (repeatable).
+        #[arg(long = "env", value_name = "NAME=VALUE")]
+        env: Vec<String>,
+        /// Program and arguments.
+        #[arg(last = true, required = true)]
+        argv: Vec<String>,
+    },
+    /// Kill a worker's process tree.
+    Stop {
+        /// `RUNTIME/WORKER`.
+        worker: String,
+        /// Reason, recorded in the event log.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Interrupt a worker (SIGINT).
+    Cancel {
+        /// `RUNTIME/WORKER`.
+        worker: String,
+        /// Reason, recorded in the event log.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+/// Arguments of `baton attach`.
+#[derive(Debug, clap::Args)]
+pub struct AttachArgs {
+    #[command(flatten)]
+    backend: BackendAddr,
+    /// `RUNTIME/WORKER`.
+    pub worker: String,
+    /// Transcript items shown before live output.
+    #[arg(long, default_value_t = 200)]
+    pub history: usize,
+}
+
+fn token(addr: &BackendAddr) -> anyhow::Result<Option<String>> {
+    if let Some(f) = &addr.token_file {
+        let t = std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read token file {}", f.display()))?;
+        return Ok(Some(t.trim().to_owned()));
+    }
+    Ok(std::env::var("BATON_BACKEND_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty()))
+}
+
+fn split_worker(s: &str) -> anyhow::Result<(String, String)> {
+    match s.split_once('/') {
+        Some((rt, w)) if !rt.is_empty() && !w.is_empty() => Ok((rt.to_owned(), w.to_owned())),
+        _ => bail!("expected RUNTIME/WORKER, got {s:?}"),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// `baton serve`.
+pub fn serve_main(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let token = match &args.token_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read token file {}", f.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let mut config = BackendConfig::new(&args.data);
+    config.retention = Retention {
+        max_age: args.retain_seconds.map(Duration::from_secs),
+        max_bytes: args.retain_bytes,
+    };
+    if let Some(w) = args.workdir {
+        config.default_cwd = w;
+    }
+    runtime()?.block_on(async move {
+        let backend = Backend::open(config, Vec::new()).context("cannot open the backend")?;
+        let options = ServeOptions { token };
+        let listener = baton_backend::bind(args.listen, &options).await?;
+        let addr = listener.local_addr().context("bound address")?;
+        println!("http://{addr}");
+        std::io::stdout().flush().ok();
+        tracing::info!(%addr, log = %backend.log_path().display(), "backend listening");
+        let result = tokio::select! {
+            r = baton_backend::serve(listener, backend.clone(), options) => r.map_err(anyhow::Error::from),
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        };
+        backend.shutdown();
+        result.map(|()| ExitCode::SUCCESS)
+    })
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BATON_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// `baton workers …`.
+pub fn workers_main(args: WorkersArgs) -> anyhow::Result<ExitCode> {
+    let http = BackendHttp::new(&args.backend.url, token(&args.backend)?)?;
+    runtime()?.block_on(async move {
+        match args.command {
+            WorkersCommand::List { json } => {
+                let workers = http.list_workers().await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&workers)?);
+                } else {
+                    for w in workers {
+                        println!(
+                            "{}/{}\t{}\t{}\t{}",
+                            w["runtime_id"].as_str().unwrap_or_default(),
+                            w["worker_id"].as_str().unwrap_or_default(),
+                            w["state"].as_str().unwrap_or_default(),
+                            w["status"].as_str().unwrap_or_default(),
+                            w["label"].as_str().unwrap_or_default(),
+                        );
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            WorkersCommand::Spawn {
+                runtime,
+                label,
+                cwd,
+                tty,
+                env,
+                argv,
+            } => {
+                let mut vars = serde_json::Map::new();
+                for e in env {
+                    let Some((k, v)) = e.split_once('=') else {
+                        bail!("--env expects NAME=VALUE, got {e:?}");
+                    };
+                    vars.insert(k.to_owned(), v.into());
+                }
+                let cwd = match cwd {
+                    Some(c) => Some(c),
+                    None => std::env::current_dir()
+                        .ok()
+                        .map(|d| d.display().to_string()),
+                };
+                let request = serde_json::json!({
+                    "argv": argv, "cwd": cwd, "tty": tty, "label": label, "env": vars,
+                });
+                let summary = http.spawn(&runtime, &request).await?;
+                println!(
+                    "{}/{}",
+                    summary["runtime_id"].as_str().unwrap_or_default(),
+                    summary["worker_id"].as_str().unwrap_or_default()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            WorkersCommand::Stop { worker, reason } => {
+                lifecycle(&http, "stop", &worker, reason.as_deref()).await
+            }
+            WorkersCommand::Cancel { worker, reason } => {
+                lifecycle(&http, "cancel", &worker, reason.as_deref()).await
+            }
+        }
+    })
+}
+
+async fn lifecycle(
+    http: &BackendHttp,
+    action: &str,
+    worker: &str,
+    reason: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let (rt, w) = split_worker(worker)?;
+    let r = http.lifecycle(&rt, &w, action, reason).await?;
+    for d in &r.diagnostics {
+        eprintln!("baton: [{}] {}", d.code, d.message);
+    }
+    println!("{}", r.state);
+    Ok(if r.state == "accepted" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `baton attach RUNTIME/WORKER`: streams output live (stdout and stderr of the worker to ours),
+/// sends typed lines as input, resumes across backend restarts; Ctrl-C or end of stdin detaches
+/// without stopping the worker. Exits with the worker's exit code when it ends.
+pub fn attach_main(args: AttachArgs) -> anyhow::Result<ExitCode> {
+    let (rt, w) = split_worker(&args.worker)?;
+    let mut target = BackendTarget::new(args.backend.url.clone(), rt, w);
+    target.token = token(&args.backend)?;
+    let options = ObserveOptions {
+        max_reconnects: 20,
+        transcript_limit: args.history,
+        ..ObserveOptions::default()
+    };
+    runtime()?.block_on(async move {
+        let mut observer = BackendObserver::connect(target, options).await?;
+        let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        let mut stdin_open = true;
+        loop {
+            tokio::select! {
+                event = observer.next_event() => {
+                    let Some(event) = event else {
+                        eprintln!("baton: observation ended");
+                        return Ok(ExitCode::from(1));
+                    };
+                    if let Some(code) = render(event) {
+                        return Ok(code);
+                    }
+                }
+                line = stdin.next_line(), if stdin_open => match line {
+                    Ok(Some(line)) => {
+                        match observer.send_input("user", &line).await {
+                            Ok(r) if r.state == "accepted" => {}
+                            Ok(r) => {
+                                for d in r.diagnostics {
+                                    eprintln!("baton: input {}: [{}] {}", r.state, d.code, d.message);
+                                }
+                            }
+                            Err(e) => eprintln!("baton: input failed: {e}"),
+                        }
+                    }
+                    _ => stdin_open = false,
+                },
+                _ = tokio::signal::ctrl_c() => {
+                    eprintln!("baton: detached (the worker keeps running)");
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+        }
+    })
+}
+
+/// Prints one event; returns the exit code when the worker ended.
+fn render(event: BackendEvent) -> Option<ExitCode> {
+    let mut out = std::io::stdout();
+    match event {
+        BackendEvent::Transcript(item) => match item.role.as_str() {
+            "stderr" => eprintln!("{}", item.content),
+            "assistant" => {
+                let _ = writeln!(out, "{}", item.content);
+            }
+            role => eprintln!("[{role}] {}", item.content),
+        },
+        BackendEvent::Snapshot { worker, .. } => {
+            eprintln!(
+                "baton: attached to {}/{} ({})",
+                worker["runtime_id"].as_str().unwrap_or_default(),
+                worker["worker_id"].as_str().unwrap_or_default(),
+                worker["status"].as_str().unwrap_or_default()
+            );
+            if worker["state"] != "running" {
+                return Some(exit_code(&worker["exit_code"]));
+            }
+        }
+        BackendEvent::Event { payload, .. } => match payload["type"].as_str() {
+            Some("output") => {
+                let text = payload["text"].as_str().unwrap_or_default();
+                if payload["stream"] == "stderr" {
+                    eprint!("{text}");
+                } else {
+                    let _ = out.write_all(text.as_bytes());
+                    let _ = out.flush();
+                }
+            }
+            Some("exit") => {
+                let _ = out.flush();
+                eprintln!(
+                    "baton: worker ended: {}",
+                    payload["status"].as_str().unwrap_or_default()
+                );
+                return Some(exit_code(&payload["exit_code"]));
+            }
+            Some("status") if payload["state"] == "lost" => {
+                eprintln!("baton: worker lost (the backend restarted while it ran)");
+                return Some(ExitCode::from(1));
+            }
+            _ => {}
+        },
+        BackendEvent::Diagnostic { code, message } => eprintln!("baton: [{code}] {message}"),
+    }
+    None
+}
+
+fn exit_code(v: &serde_json::Value) -> ExitCode {
+    match v.as_i64() {
+        Some(c) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
+        None => ExitCode::from(1),
+    }
+}

@@ -1,0 +1,101 @@
+//! `baton serve`, `baton workers` and `baton attach` end to end: the real binary, a real
+//! backend on loopback, real workers.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::process::{Child, Command, Output, Stdio};
+
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the test drives the real baton binary"
+)]
+fn baton() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_baton"))
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run(args: &[&str], stdin: &str) -> Output {
+    let mut child = baton()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn baton");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("wait")
+}
+
+#[test]
+fn serve_spawn_list_attach_stop() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut child = baton()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn baton serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let server = Server(child);
+    let mut url = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut url)
+        .expect("url line");
+    let url = url.trim().to_owned();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+
+    let out = run(
+        &[
+            "workers",
+            "spawn",
+            "--url",
+            &url,
+            "--label",
+            "demo",
+            "--",
+            "sh",
+            "-c",
+            "echo hello-from-worker; read x; echo got:$x; exit 5",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{out:?}");
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(id, "local/w1");
+
+    let out = run(&["workers", "list", "--url", &url], "");
+    let list = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(list.contains("local/w1\trunning\trunning\tdemo"), "{list}");
+
+    let out = run(&["attach", "--url", &url, &id], "typed\n");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("hello-from-worker"), "{out:?}");
+    assert!(text.contains("got:typed"), "{out:?}");
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "attach exits with the worker's code"
+    );
+
+    let out = run(&["workers", "stop", "--url", &url, &id], "");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "rejected");
+    assert_eq!(out.status.code(), Some(1));
+
+    let out = run(&["workers", "list", "--url", &url, "--json"], "");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v[0]["exit_code"], 5);
+    drop(server);
+}

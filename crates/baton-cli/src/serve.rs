@@ -179,7 +179,7 @@ pub fn serve_main(args: ServeArgs) -> anyhow::Result<ExitCode> {
             r = baton_backend::serve(listener, backend.clone(), options) => r.map_err(anyhow::Error::from),
             _ = tokio::signal::ctrl_c() => Ok(()),
         };
-        backend.shutdown();
+        backend.shutdown().await;
         result.map(|()| ExitCode::SUCCESS)
     })
 }

@@ -295,3 +295,40 @@ fn rust_client_tracks_env_byte_exact() {
         changed.stdout
     );
 }
+
+/// A directory that was only probed (node stats `packages/` on its way to a script) is an input
+/// by existence: adding a package does not invalidate the others.
+#[test]
+fn probed_directories_count_by_existence_only() {
+    let f = Fixture::new(&[
+        (
+            "package.json",
+            r#"{ "name": "root", "private": true, "workspaces": ["packages/*"] }"#,
+        ),
+        (
+            "packages/a/package.json",
+            r#"{ "name": "a", "scripts": { "build": "node build.js" } }"#,
+        ),
+        (
+            "packages/a/build.js",
+            r#"require("fs").writeFileSync("out.txt", require("fs").readFileSync("in.txt"));"#,
+        ),
+        ("packages/a/in.txt", "a"),
+    ]);
+    assert_eq!(f.baton(&["run", "build", "-r"]).code, 0);
+    assert!(
+        f.baton(&["run", "build", "-r"])
+            .stdout
+            .contains("1/1 cache hit")
+    );
+    f.write(
+        "packages/b/package.json",
+        r#"{ "name": "b", "scripts": { "build": "true" } }"#,
+    );
+    let r = f.baton(&["run", "build", "-r"]);
+    assert!(
+        r.stdout.contains("▶ a#build $ node build.js — cache hit"),
+        "{}",
+        r.stdout
+    );
+}

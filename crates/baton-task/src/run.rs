@@ -31,7 +31,7 @@ use crate::env::{EnvKeyPart, TaskEnv};
 use crate::inputs::{FileSelection, IgnoreCache};
 use crate::ipc::{IpcServer, trackable_env, write_node_client};
 use crate::plan::{Plan, PlannedTask};
-use crate::traced::{TracedAccesses, classify};
+use crate::traced::{TracedAccesses, classify, fingerprint_traced};
 use crate::workspace::{Workspace, rel_slash};
 
 /// How a task item relates to the cache.
@@ -587,7 +587,11 @@ async fn run_task(
             let paths = input_paths(&sh2, task, &deps2, traced);
             let fp = fingerprint_inputs(&sh2, &paths, &deps2);
             let store = sh2.store.as_ref().expect("cacheable implies a store");
-            let probe_fn = |paths: &[&str]| store.fingerprint_paths(&sh2.ws.root, paths);
+            let probe_fn = |paths: &[&str]| {
+                fingerprint_traced(&sh2.ws.root, paths, |files| {
+                    store.fingerprint_paths(&sh2.ws.root, files)
+                })
+            };
             // Variables a tool may have tracked through the IPC (config's untrackedEnv never).
             let trackable = trackable_env(
                 &sh2.opts.parent_env,
@@ -1165,7 +1169,7 @@ async fn run_item(
         if traced {
             // Fingerprinted now, after the run; a file changed by someone else while the task
             // ran would store a state the task never saw, so such a run is not stored.
-            for p in &traced_inputs {
+            for p in traced_inputs.iter().filter(|p| !p.ends_with('/')) {
                 let changed = std::fs::symlink_metadata(sh2.ws.root.join(p))
                     .and_then(|m| m.modified())
                     .is_ok_and(|m| m > started_at);
@@ -1177,7 +1181,10 @@ async fn run_item(
                     );
                 }
             }
-            match store.fingerprint_paths(&sh2.ws.root, &traced_inputs) {
+            let root = &sh2.ws.root;
+            match fingerprint_traced(root, &traced_inputs, |files| {
+                store.fingerprint_paths(root, files)
+            }) {
                 Ok(fp) => inputs.extend(fp.paths),
                 Err(e) => return (Some(format!("not cached: {e}")), Some(post), None),
             }

@@ -7,6 +7,8 @@
 //! - written (open for writing, created, truncated, rename target, `mkdir`): an **output** if it
 //!   exists after the run as a file or symlink, or as a directory that was a rename target (a
 //!   staged-then-renamed directory is credited to its final name and archived whole);
+//! - a directory that was only probed (stat, access), not listed: an input by existence only,
+//!   under the key `dir/` (see [`dir_probe_state`]);
 //! - read *and* written: a **conflict** — the run's result depends on state it produced itself, so
 //!   it is not cached (the path is printed);
 //! - removed or renamed away and not recreated: neither;
@@ -57,7 +59,15 @@ pub fn classify(log: &AccessLog, root: &Path, exclude: &[PathBuf]) -> TracedAcce
             || kinds.contains(AccessKind::RenameTo)
             || kinds.contains(AccessKind::CreateDir);
         if !kinds.has_mutation() {
-            inputs.insert(key);
+            // A directory that was only probed (stat, access), not listed: its existence is
+            // the input, not its entries (else adding a package would invalidate every task
+            // that stat()ed `packages/`). Such keys end with `/` (see [`dir_probe_state`]).
+            let stat_only = kinds.iter().all(|k| k == AccessKind::Stat);
+            if stat_only && path.is_dir() {
+                inputs.insert(format!("{key}/"));
+            } else {
+                inputs.insert(key);
+            }
             continue;
         }
         if !written {
@@ -124,4 +134,39 @@ pub fn classify(log: &AccessLog, root: &Path, exclude: &[PathBuf]) -> TracedAcce
         network: log.non_loopback_connect().map(|n| n.addr.to_string()),
         unresolved: log.unresolved().total(),
     }
+}
+
+/// The state of a `dir/` key: whether a directory exists there (its entries do not matter).
+pub fn dir_probe_state(root: &Path, key: &str) -> baton_cache::PathState {
+    let path = root.join(key.trim_end_matches('/'));
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_dir() => baton_cache::PathState::File {
+            hash: baton_cache::Digest::of(b"baton:directory"),
+        },
+        Ok(_) => baton_cache::PathState::File {
+            hash: baton_cache::Digest::of(b"baton:not-a-directory"),
+        },
+        Err(_) => baton_cache::PathState::Absent,
+    }
+}
+
+/// Fingerprints traced input keys: `dir/` keys with [`dir_probe_state`], the rest with
+/// `fingerprint` (the store's hash-cached fingerprinting).
+pub fn fingerprint_traced<S: AsRef<str>>(
+    root: &Path,
+    keys: &[S],
+    fingerprint: impl FnOnce(
+        &[&str],
+    )
+        -> Result<baton_cache::InputFingerprint, baton_cache::FingerprintError>,
+) -> Result<baton_cache::InputFingerprint, baton_cache::FingerprintError> {
+    let (dirs, files): (Vec<&str>, Vec<&str>) = keys
+        .iter()
+        .map(AsRef::as_ref)
+        .partition(|k| k.ends_with('/'));
+    let mut fp = fingerprint(&files)?;
+    for d in dirs {
+        fp.insert(d, dir_probe_state(root, d));
+    }
+    Ok(fp)
 }

@@ -62,6 +62,12 @@ pub fn render(info: &RunInfo, results: &[SizeResult]) -> String {
         let _ = writeln!(s, "- {k}: {v}");
     }
     let _ = writeln!(s, "- parallelism given to every tool: {}\n", o.concurrency);
+    let _ = writeln!(
+        s,
+        "A load average above the number of cores means other processes (here: other builds on a \
+         shared machine) competed for the CPU during the run; the wall-clock figures are then \
+         inflated and noisy, and the minimums and the CPU-time table are the better guides.\n"
+    );
     let _ = writeln!(s, "## Versions\n");
     for (k, v) in &info.versions {
         let _ = writeln!(s, "- {k}: {v}");

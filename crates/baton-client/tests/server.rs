@@ -17,9 +17,13 @@ use tokio::sync::watch;
 const T: Duration = Duration::from_secs(30);
 
 async fn server(root: &Path) -> (ExecServer, String) {
+    server_with(root, ServerConfig::default()).await
+}
+
+async fn server_with(root: &Path, config: ServerConfig) -> (ExecServer, String) {
     let server = ExecServer::new(ServerConfig {
         roots: vec![root.to_path_buf()],
-        ..Default::default()
+        ..config
     })
     .expect("server");
     let listener = server
@@ -348,4 +352,41 @@ async fn giving_up_fails_processes_and_calls_fast() {
         Err(ClientError::Disconnected(_)) => {}
         other => panic!("expected a fast failure, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_fast_producer_loses_nothing_while_attached() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = std::fs::canonicalize(dir.path()).expect("canon");
+    // Retention far smaller than the output: only backpressure can keep every byte.
+    let (_server, url) = server_with(
+        &root,
+        ServerConfig {
+            retained_bytes: 64 * 1024,
+            ..Default::default()
+        },
+    )
+    .await;
+    let client = ExecClient::connect(
+        Endpoint::WebSocket { url, token: None },
+        ClientOptions::default(),
+    )
+    .await
+    .expect("connect");
+    let size = 16 * 1024 * 1024;
+    let mut p = client
+        .spawn(
+            "fast",
+            &argv(&["head", "-c", &size.to_string(), "/dev/zero"]),
+            &root,
+            path_env(),
+            false,
+            false,
+        )
+        .await
+        .expect("start");
+    let (out, _, code, end) = drain(&mut p).await;
+    assert!(matches!(end, ProcessEvent::Closed { .. }), "{end:?}");
+    assert_eq!((out.len(), code), (size, Some(0)));
+    assert!(out.iter().all(|&b| b == 0));
 }

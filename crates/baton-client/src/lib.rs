@@ -941,6 +941,7 @@ async fn open_session(inner: &Arc<Inner>, resume: Option<String>) -> Result<Peer
         ConnectionConfig {
             max_message_bytes: options.max_message_bytes,
             name: "exec-server client".into(),
+            ..Default::default()
         },
         Arc::new(Router {
             inner: Arc::downgrade(inner),

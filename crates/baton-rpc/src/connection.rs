@@ -25,6 +25,10 @@ pub struct ConnectionConfig {
     pub max_message_bytes: usize,
     /// A name for logs, e.g. `exec-server ws 127.0.0.1:5555`.
     pub name: String,
+    /// WebSocket keepalive: a ping is sent every interval, and a connection from which nothing
+    /// (not even a pong) arrived for three intervals is closed, so a vanished peer is noticed.
+    /// Default 30 s; `None` disables it. Ignored on stdio and in-memory transports.
+    pub keepalive: Option<std::time::Duration>,
 }
 
 impl Default for ConnectionConfig {
@@ -32,6 +36,7 @@ impl Default for ConnectionConfig {
         Self {
             max_message_bytes: 64 * 1024 * 1024,
             name: "json-rpc".into(),
+            keepalive: Some(std::time::Duration::from_secs(30)),
         }
     }
 }
@@ -117,12 +122,19 @@ impl Connection {
             close_reason: Mutex::new(None),
         });
         let peer = Peer { shared };
-        tokio::spawn(write_loop(transport.writer, out_rx, peer.clone()));
+        let keepalive = config.keepalive.filter(|_| transport.writer.can_ping());
+        tokio::spawn(write_loop(
+            transport.writer,
+            out_rx,
+            peer.clone(),
+            keepalive,
+        ));
         tokio::spawn(read_loop(
             transport.reader,
             config.max_message_bytes,
             handler,
             peer.clone(),
+            keepalive,
         ));
         peer
     }
@@ -257,14 +269,44 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-async fn write_loop(mut writer: Writer, mut rx: mpsc::Receiver<Outgoing>, peer: Peer) {
+fn ticker(every: Option<std::time::Duration>) -> Option<tokio::time::Interval> {
+    every.map(|d| {
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    })
+}
+
+async fn tick(t: &mut Option<tokio::time::Interval>) {
+    match t {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn write_loop(
+    mut writer: Writer,
+    mut rx: mpsc::Receiver<Outgoing>,
+    peer: Peer,
+    keepalive: Option<std::time::Duration>,
+) {
     let cancel = peer.shared.cancel.clone();
     let mut close: Option<(bool, String)> = None;
+    let mut pings = ticker(keepalive);
     'outer: loop {
         let first = tokio::select! {
             biased;
             m = rx.recv() => m,
             () = cancel.cancelled() => None,
+            () = tick(&mut pings) => {
+                if let Err(e) = writer.ping().await {
+                    peer.close(&format!("write failed: {e}"));
+                    break;
+                }
+                continue;
+            }
         };
         let Some(first) = first else { break };
         let mut next = Some(first);
@@ -312,16 +354,38 @@ async fn write_loop(mut writer: Writer, mut rx: mpsc::Receiver<Outgoing>, peer: 
     peer.shared.cancel.cancel();
 }
 
-async fn read_loop(mut reader: Reader, limit: usize, handler: Arc<dyn Handler>, peer: Peer) {
+async fn read_loop(
+    mut reader: Reader,
+    limit: usize,
+    handler: Arc<dyn Handler>,
+    peer: Peer,
+    keepalive: Option<std::time::Duration>,
+) {
     let cancel = peer.shared.cancel.clone();
     let mut tasks = JoinSet::new();
+    let mut checks = ticker(keepalive);
+    let mut last_seen = tokio::time::Instant::now();
     loop {
         while tasks.try_join_next().is_some() {}
         let event = tokio::select! {
             e = reader.next(limit) => e,
             () = cancel.cancelled() => break,
+            () = tick(&mut checks) => {
+                if let Some(every) = keepalive
+                    && last_seen.elapsed() > every * 3
+                {
+                    peer.close(&format!(
+                        "keepalive timeout: nothing received for {:?}",
+                        last_seen.elapsed()
+                    ));
+                    break;
+                }
+                continue;
+            }
         };
+        last_seen = tokio::time::Instant::now();
         let bytes = match event {
+            Ok(ReadEvent::Activity) => continue,
             Ok(ReadEvent::Message(b)) => b,
             Ok(ReadEvent::Closed(reason)) => {
                 peer.close(&reason.unwrap_or_else(|| "peer closed the connection".into()));

@@ -44,6 +44,8 @@ pub(crate) enum ReadEvent {
     TooLarge { size: usize, fatal: bool },
     /// The peer closed the transport (EOF, close frame, dropped channel).
     Closed(Option<String>),
+    /// A control frame (WebSocket ping/pong): the peer is alive.
+    Activity,
 }
 
 impl Transport {
@@ -112,31 +114,27 @@ impl Reader {
                 Some(s) => ReadEvent::Message(s.into_bytes()),
                 None => ReadEvent::Closed(None),
             }),
-            Reader::Ws(ws) => loop {
-                match ws.next().await {
-                    None => return Ok(ReadEvent::Closed(None)),
-                    Some(Ok(WsMessage::Text(t))) => {
-                        return Ok(ReadEvent::Message(t.as_bytes().to_vec()));
-                    }
-                    Some(Ok(WsMessage::Binary(b))) => return Ok(ReadEvent::Message(b.to_vec())),
-                    Some(Ok(WsMessage::Close(frame))) => {
-                        return Ok(ReadEvent::Closed(frame.map(|f| f.reason.to_string())));
-                    }
-                    Some(Ok(_)) => continue,
-                    Some(Err(tungstenite::Error::Capacity(e))) => {
-                        let size = match e {
-                            tungstenite::error::CapacityError::MessageTooLong { size, .. } => size,
-                            _ => limit + 1,
-                        };
-                        return Ok(ReadEvent::TooLarge { size, fatal: true });
-                    }
-                    Some(Err(
-                        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed,
-                    )) => return Ok(ReadEvent::Closed(None)),
-                    Some(Err(tungstenite::Error::Io(e))) => return Err(e),
-                    Some(Err(e)) => return Err(std::io::Error::other(e)),
+            Reader::Ws(ws) => Ok(match ws.next().await {
+                None => ReadEvent::Closed(None),
+                Some(Ok(WsMessage::Text(t))) => ReadEvent::Message(t.as_bytes().to_vec()),
+                Some(Ok(WsMessage::Binary(b))) => ReadEvent::Message(b.to_vec()),
+                Some(Ok(WsMessage::Close(frame))) => {
+                    ReadEvent::Closed(frame.map(|f| f.reason.to_string()))
                 }
-            },
+                Some(Ok(_)) => ReadEvent::Activity,
+                Some(Err(tungstenite::Error::Capacity(e))) => {
+                    let size = match e {
+                        tungstenite::error::CapacityError::MessageTooLong { size, .. } => size,
+                        _ => limit + 1,
+                    };
+                    ReadEvent::TooLarge { size, fatal: true }
+                }
+                Some(Err(
+                    tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed,
+                )) => ReadEvent::Closed(None),
+                Some(Err(tungstenite::Error::Io(e))) => return Err(e),
+                Some(Err(e)) => return Err(std::io::Error::other(e)),
+            }),
         }
     }
 }
@@ -216,6 +214,22 @@ impl Writer {
                 .send(text)
                 .await
                 .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "peer gone")),
+        }
+    }
+
+    /// Whether keepalive pings can be sent (WebSocket only).
+    pub(crate) fn can_ping(&self) -> bool {
+        matches!(self, Writer::Ws(_))
+    }
+
+    /// Sends a WebSocket ping (no-op on other transports).
+    pub(crate) async fn ping(&mut self) -> std::io::Result<()> {
+        match self {
+            Writer::Ws(ws) => ws
+                .send(WsMessage::Ping(Vec::new().into()))
+                .await
+                .map_err(std::io::Error::other),
+            _ => Ok(()),
         }
     }
 

@@ -38,6 +38,12 @@ impl Handler for TestHandler {
                     gate.notify_one();
                     Ok(json!(null))
                 }
+                // Stays silent for a while (the server's own behaviour under test: a quiet
+                // but live connection must survive several keepalive intervals).
+                "quiet" => {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    Ok(json!("still here"))
+                }
                 _ => Err(RpcError::method_not_found(&method)),
             }
         })
@@ -68,6 +74,7 @@ fn config(limit: usize) -> ConnectionConfig {
     ConnectionConfig {
         max_message_bytes: limit,
         name: "test".into(),
+        ..Default::default()
     }
 }
 
@@ -293,4 +300,62 @@ async fn memory_pair_and_pending_calls_fail_when_closed() {
         client.call_value("echo", Value::Null).await,
         Err(CallError::Closed(_))
     ));
+}
+
+async fn ws_pair(
+    keepalive: Duration,
+) -> (
+    Peer,
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.expect("accept");
+        let ws = tokio_tungstenite::accept_async(tcp)
+            .await
+            .expect("handshake");
+        Connection::spawn(
+            Transport::websocket(ws),
+            ConnectionConfig {
+                keepalive: Some(keepalive),
+                ..config(1 << 20)
+            },
+            server_handler(),
+        )
+    });
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}"))
+        .await
+        .expect("connect");
+    (server.await.expect("server"), ws)
+}
+
+#[tokio::test]
+async fn keepalive_closes_a_silent_websocket_peer() {
+    // The client never reads, so it never answers the server's pings.
+    let (server, _silent) = ws_pair(Duration::from_millis(20)).await;
+    let reason = tokio::time::timeout(Duration::from_secs(20), server.closed())
+        .await
+        .expect("closed by keepalive");
+    assert!(reason.contains("keepalive"), "{reason}");
+}
+
+#[tokio::test]
+async fn keepalive_keeps_a_quiet_but_live_peer() {
+    let (server, ws) = ws_pair(Duration::from_millis(20)).await;
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let client = Connection::spawn(
+        Transport::websocket(ws),
+        ConnectionConfig {
+            keepalive: None,
+            ..config(1 << 20)
+        },
+        Arc::new(Collect(tx)),
+    );
+    // Nothing but pongs flows for 300 ms (15 intervals) while the server works.
+    let v: Value = client.call("quiet", &json!(null)).await.expect("answered");
+    assert_eq!(v, json!("still here"));
+    assert!(!server.is_closed());
 }

@@ -124,6 +124,7 @@ impl ExecServer {
             ConnectionConfig {
                 max_message_bytes: self.inner.config.max_message_bytes,
                 name: name.to_owned(),
+                ..Default::default()
             },
             handler.clone(),
         );

@@ -20,6 +20,7 @@ use futures::future::BoxFuture;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::ServerConfig;
@@ -68,6 +69,42 @@ struct Proc {
     writable: bool,
     write_ids: Mutex<(HashSet<String>, VecDeque<String>)>,
     retained: Retained,
+    /// Writes run in arrival order even though requests are handled concurrently: each takes
+    /// a ticket when it arrives and waits for its turn.
+    next_ticket: AtomicU64,
+    turn: watch::Sender<u64>,
+    finished_tickets: Mutex<std::collections::BTreeSet<u64>>,
+}
+
+/// A place in a process's write queue; dropping it (done or cancelled) passes the turn on.
+struct WriteTurn {
+    proc: Arc<Proc>,
+    ticket: u64,
+}
+
+impl WriteTurn {
+    fn take(proc: Arc<Proc>) -> Self {
+        let ticket = proc.next_ticket.fetch_add(1, Ordering::SeqCst);
+        Self { proc, ticket }
+    }
+
+    async fn wait(&self) {
+        let mut rx = self.proc.turn.subscribe();
+        let _ = rx.wait_for(|t| *t >= self.ticket).await;
+    }
+}
+
+impl Drop for WriteTurn {
+    fn drop(&mut self) {
+        let mut done = lock(&self.proc.finished_tickets);
+        done.insert(self.ticket);
+        let mut turn = *self.proc.turn.borrow();
+        while done.remove(&turn) {
+            turn += 1;
+        }
+        drop(done);
+        self.proc.turn.send_replace(turn);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -289,6 +326,30 @@ impl Handler for ConnHandler {
                 }
             }
         };
+        if method == methods::PROCESS_WRITE {
+            // Take the write's place in line now, in arrival order.
+            let turn = params
+                .get("processId")
+                .and_then(Value::as_str)
+                .and_then(|id| {
+                    lock(&session.state)
+                        .procs
+                        .get(&ProcessId::from(id))
+                        .cloned()
+                })
+                .map(WriteTurn::take);
+            return Box::pin(async move {
+                if let Some(turn) = &turn {
+                    turn.wait().await;
+                }
+                let result = match parse(params) {
+                    Ok(p) => write(&session, p).await.and_then(to_value),
+                    Err(e) => Err(e),
+                };
+                drop(turn);
+                result
+            });
+        }
         let inner = self.server.clone();
         Box::pin(async move { dispatch(inner, session, &method, params).await })
     }
@@ -393,7 +454,6 @@ async fn dispatch(
     match method {
         methods::PROCESS_START => to_value(start(&inner, &session, parse(params)?)?),
         methods::PROCESS_READ => to_value(read(&session, parse(params)?).await?),
-        methods::PROCESS_WRITE => to_value(write(&session, parse(params)?).await?),
         methods::PROCESS_TERMINATE => {
             // As in Codex, an unknown (or already forgotten) process is simply not running.
             let p: TerminateParams = parse(params)?;
@@ -541,6 +601,9 @@ fn start(
         writable: p.pipe_stdin || p.tty,
         write_ids: Mutex::new(Default::default()),
         retained: Retained::new(inner.config.retained_bytes),
+        next_ticket: AtomicU64::new(0),
+        turn: watch::channel(0).0,
+        finished_tickets: Mutex::new(Default::default()),
     });
     st.procs.insert(p.process_id.clone(), proc.clone());
     drop(st);

@@ -728,3 +728,87 @@ async fn tty_processes_resize_and_signals() {
         ("ready\ngot-int\n", Some(9_i32))
     );
 }
+
+#[tokio::test]
+async fn pipelined_writes_reach_stdin_in_arrival_order() {
+    use futures::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message as Ws;
+    let f = fixture(|_| {}).await;
+    let (peer, _rx, sid) = session(&f.url).await;
+    // cat starts reading late, so the pipe fills and writes pile up behind each other.
+    start(
+        &peer,
+        "cat",
+        f.root.path(),
+        &["sh", "-c", "sleep 0.3; exec cat"],
+        json!({"pipeStdin": true}),
+    )
+    .await;
+    // A second raw connection cannot share the session while it is attached, so pipeline on
+    // a fresh raw WebSocket after handing the session over.
+    peer.close("hand over");
+    tokio::time::timeout(T, peer.closed())
+        .await
+        .expect("closed");
+    let (mut ws, _) = tokio_tungstenite::connect_async(f.url.as_str())
+        .await
+        .expect("connect");
+    let text = |v: Value| Ws::text(v.to_string());
+    // The old connection may not be detached yet: retry the resume until it is accepted.
+    let mut id = 1000;
+    loop {
+        id += 1;
+        ws.send(text(json!({"id": id, "method": "initialize",
+            "params": {"clientName": "raw", "resumeSessionId": sid}})))
+            .await
+            .expect("send");
+        let answer = loop {
+            let Some(Ok(Ws::Text(t))) = ws.next().await else {
+                panic!("closed")
+            };
+            let v: Value = serde_json::from_str(&t).expect("json");
+            if v["id"] == id {
+                break v;
+            }
+        };
+        if answer.get("result").is_some() {
+            break;
+        }
+        assert_eq!(answer["error"]["code"], -32010, "{answer}");
+    }
+    ws.send(text(json!({"method": "initialized"})))
+        .await
+        .expect("send");
+    let mut expected = String::new();
+    for i in 0..200 {
+        let line = format!("line-{i:04}-{}\n", "x".repeat(2000));
+        expected.push_str(&line);
+        ws.send(text(json!({"id": i, "method": "process/write", "params": {
+            "processId": "cat", "chunk": B64.encode(&line), "writeId": format!("w{i}")}})))
+            .await
+            .expect("send");
+    }
+    ws.send(text(
+        json!({"id": 999, "method": "process/write", "params": {
+        "processId": "cat", "chunk": "", "closeStdin": true}}),
+    ))
+    .await
+    .expect("send");
+    let mut out = Vec::new();
+    loop {
+        let Some(Ok(Ws::Text(t))) = tokio::time::timeout(T, ws.next()).await.expect("in time")
+        else {
+            panic!("closed")
+        };
+        let v: Value = serde_json::from_str(&t).expect("json");
+        match v["method"].as_str() {
+            Some("process/output") => out.extend(
+                B64.decode(v["params"]["chunk"].as_str().expect("c"))
+                    .expect("b64"),
+            ),
+            Some("process/closed") => break,
+            _ => {}
+        }
+    }
+    assert_eq!(String::from_utf8(out).expect("utf8"), expected);
+}

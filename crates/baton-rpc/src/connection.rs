@@ -112,7 +112,9 @@ impl Connection {
         config: ConnectionConfig,
         handler: Arc<dyn Handler>,
     ) -> Peer {
-        let (out_tx, out_rx) = mpsc::channel(1024);
+        // Small on purpose: senders (e.g. one process's output) wait here in FIFO order, so
+        // a message of a quiet sender waits behind at most this many of a noisy one.
+        let (out_tx, out_rx) = mpsc::channel(128);
         let shared = Arc::new(Shared {
             name: config.name.clone(),
             out: out_tx,

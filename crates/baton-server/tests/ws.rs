@@ -812,3 +812,53 @@ async fn pipelined_writes_reach_stdin_in_arrival_order() {
     }
     assert_eq!(String::from_utf8(out).expect("utf8"), expected);
 }
+
+#[tokio::test]
+async fn an_endless_noisy_process_does_not_starve_a_quiet_one() {
+    let f = fixture(|_| {}).await;
+    let (peer, mut rx, _) = session(&f.url).await;
+    start(
+        &peer,
+        "noisy",
+        f.root.path(),
+        &["cat", "/dev/zero"],
+        json!({}),
+    )
+    .await;
+    // Wait until the noise is flowing, then start the quiet process.
+    loop {
+        let (method, p) = tokio::time::timeout(T, rx.recv())
+            .await
+            .expect("in time")
+            .expect("open");
+        if method == "process/output" && p["processId"] == "noisy" {
+            break;
+        }
+    }
+    start(&peer, "quiet", f.root.path(), &["echo", "quiet"], json!({})).await;
+    // The noisy output never ends, so this only finishes if the quiet events get through.
+    let mut quiet_out = Vec::new();
+    loop {
+        let (method, p) = tokio::time::timeout(T, rx.recv())
+            .await
+            .expect("quiet events arrive while the noise goes on")
+            .expect("open");
+        if p["processId"] != "quiet" {
+            continue;
+        }
+        match method.as_str() {
+            "process/output" => quiet_out.extend(
+                B64.decode(p["chunk"].as_str().expect("chunk"))
+                    .expect("b64"),
+            ),
+            "process/closed" => break,
+            _ => {}
+        }
+    }
+    assert_eq!(quiet_out, b"quiet\n");
+    let r = peer
+        .call_value("process/terminate", json!({"processId": "noisy"}))
+        .await
+        .expect("terminate");
+    assert_eq!(r, json!({"running": true}));
+}

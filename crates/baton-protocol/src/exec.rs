@@ -236,6 +236,40 @@ pub struct InitializeParams {
 pub struct InitializeResponse {
     /// The session this connection is attached to (new, or the resumed one).
     pub session_id: String,
+    /// Facts about the server's host, as current Codex servers report them (their other
+    /// fields, e.g. `capabilities`, are ignored on input and not sent by Baton).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment_info: Option<EnvironmentInfo>,
+}
+
+/// The host a server runs processes on (`environmentInfo` of the `initialize` result).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvironmentInfo {
+    /// The user's shell.
+    pub shell: ShellInfo,
+    /// The server's working directory (`file://` URI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// The user's home directory (`file://` URI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_home_dir: Option<String>,
+    /// The temporary directory (`file://` URI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temp_dir: Option<String>,
+    /// `linux`, `macos`, …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform_os: Option<String>,
+}
+
+/// A shell: its short name (`bash`, `zsh`, `sh`) and executable path.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShellInfo {
+    /// Short name.
+    pub name: String,
+    /// Executable path.
+    pub path: String,
 }
 
 /// Which variables of the server's environment a process inherits (Codex's

@@ -386,7 +386,10 @@ impl ConnHandler {
                 let id = session.id.clone();
                 lock(&self.state).session = Some(session);
                 tracing::info!(session = %id, client = %params.client_name, "client attached");
-                to_value(InitializeResponse { session_id: id })
+                to_value(InitializeResponse {
+                    session_id: id,
+                    environment_info: Some(environment_info()),
+                })
             }
             Err(e) => {
                 // A refused handshake may be retried on the same connection.
@@ -432,6 +435,25 @@ impl ConnHandler {
         });
         lock(&inner.sessions).insert(id, session.clone());
         Ok(session)
+    }
+}
+
+/// What `initialize` tells about this host (the fields current Codex servers send).
+fn environment_info() -> proto::EnvironmentInfo {
+    let uri = |p: Option<std::path::PathBuf>| p.map(|p| proto::WirePath::uri_from_path(&p).0);
+    let shell_path = std::env::var("SHELL").unwrap_or_else(|_| "/bin/sh".into());
+    let shell_name = std::path::Path::new(&shell_path)
+        .file_name()
+        .map_or_else(|| "sh".into(), |n| n.to_string_lossy().into_owned());
+    proto::EnvironmentInfo {
+        shell: proto::ShellInfo {
+            name: shell_name,
+            path: shell_path,
+        },
+        cwd: uri(std::env::current_dir().ok()),
+        user_home_dir: uri(std::env::var_os("HOME").map(Into::into)),
+        temp_dir: uri(Some(std::env::temp_dir())),
+        platform_os: Some(std::env::consts::OS.to_owned()),
     }
 }
 

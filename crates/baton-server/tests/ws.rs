@@ -67,6 +67,15 @@ async fn handshake(peer: &Peer, resume: Option<&str>) -> Result<String, CallErro
         params["resumeSessionId"] = json!(r);
     }
     let v = peer.call_value("initialize", params).await?;
+    // Host facts in the shape current Codex servers send.
+    assert_eq!(v["environmentInfo"]["platformOs"], "linux", "{v}");
+    assert!(v["environmentInfo"]["shell"]["path"].is_string(), "{v}");
+    assert!(
+        v["environmentInfo"]["cwd"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("file:///")),
+        "{v}"
+    );
     peer.notify("initialized", &json!({})).await?;
     Ok(v["sessionId"].as_str().expect("sessionId").to_owned())
 }

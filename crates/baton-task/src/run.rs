@@ -256,6 +256,8 @@ struct Shared {
     ignores: IgnoreCache,
     /// Per task: how inputs are found, or why the task cannot be cached.
     modes: Vec<Result<InputMode, String>>,
+    /// Lookups started ahead of time for traced tasks (taken by the task when it starts).
+    early: Vec<std::sync::Mutex<Option<tokio::task::JoinHandle<Looked>>>>,
     /// The JS tool client (`VP_RUN_NODE_CLIENT_PATH`), written on first use.
     node_client: std::sync::OnceLock<Option<PathBuf>>,
     /// External cancellation (Ctrl-C).
@@ -272,6 +274,8 @@ struct TaskOutcome {
     outputs: Vec<String>,
     /// `pkg#task`.
     id: String,
+    /// Every item was replayed and restoring wrote nothing: the file system is as before.
+    clean: bool,
     /// A digest standing for this task's result (its cache keys), used as a dependent's input
     /// when the task has no declared outputs.
     stamp: Digest,
@@ -293,8 +297,36 @@ impl TaskOutcome {
             ok: false,
             outputs: Vec::new(),
             id: String::new(),
+            clean: false,
             stamp: Digest([0; 32]),
         }
+    }
+}
+
+/// Starts the lookups of every cacheable traced task at once, a few at a time on the blocking
+/// pool, instead of layer by layer: a traced task's inputs are whatever its recorded paths hold
+/// now, so its lookup stays valid unless a dependency changes a file (the task then looks up
+/// again). A full hit is then bounded by the hashing, not by the depth of the graph.
+fn start_early_lookups(sh: &Arc<Shared>) {
+    if sh.store.is_none() {
+        return;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let permits = Arc::new(tokio::sync::Semaphore::new(cores));
+    for (i, t) in sh.plan.tasks.iter().enumerate() {
+        if sh.modes[i] != Ok(InputMode::Traced) || t.config.cache == Some(false) {
+            continue;
+        }
+        let sh2 = sh.clone();
+        let permits = permits.clone();
+        let handle = tokio::spawn(async move {
+            let _permit = permits.acquire_owned().await.expect("never closed");
+            let sh3 = sh2.clone();
+            tokio::task::spawn_blocking(move || lookup_items(&sh3, i, &DepInputs::default(), true))
+                .await
+                .expect("lookup does not panic")
+        });
+        *sh.early[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
     }
 }
 
@@ -397,10 +429,14 @@ pub async fn run_plan(
         nested,
         ignores: IgnoreCache::new(),
         modes,
+        early: (0..plan.tasks.len())
+            .map(|_| std::sync::Mutex::new(None))
+            .collect(),
         node_client: std::sync::OnceLock::new(),
         cancel: cancel.clone(),
         stop: CancelHandle::new(),
     });
+    start_early_lookups(&shared);
     {
         let (cancel, stop) = (cancel.clone(), shared.stop.clone());
         tokio::spawn(async move {
@@ -575,80 +611,43 @@ async fn run_task(
     let mut lookup_error: Option<String> = None;
     let mut restores = Vec::new();
     if cacheable {
-        let sh2 = sh.clone();
-        let deps2 = dep_inputs.clone();
         let traced = mode == Ok(InputMode::Traced);
-        let keys: Vec<(String, SpawnFingerprint)> = preps
-            .iter()
-            .map(|p| (p.task_key.clone(), p.spawn.clone()))
-            .collect();
-        let looked = tokio::task::spawn_blocking(move || {
-            let task = &sh2.plan.tasks[index];
-            let paths = input_paths(&sh2, task, &deps2, traced);
-            let fp = fingerprint_inputs(&sh2, &paths, &deps2);
-            let store = sh2.store.as_ref().expect("cacheable implies a store");
-            let probe_fn = |paths: &[&str]| {
-                fingerprint_traced(&sh2.ws.root, paths, |files| {
-                    store.fingerprint_paths(&sh2.ws.root, files)
+        // A lookup made ahead of time (before the dependencies finished) is still valid when
+        // every dependency was replayed without writing a file: nothing it could read changed.
+        let early = sh.early[index]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let early_valid = traced && deps.iter().all(|d| d.clean);
+        let looked = match early {
+            Some(handle) if early_valid => {
+                let looked = handle.await.expect("lookup does not panic");
+                // Restoring needs the hits back from the blocking pool: one more trip.
+                let sh2 = sh.clone();
+                tokio::task::spawn_blocking(move || {
+                    let restores = restore_all(&sh2, &looked.res);
+                    (looked, restores)
                 })
-            };
-            // Variables a tool may have tracked through the IPC (config's untrackedEnv never).
-            let trackable = trackable_env(
-                &sh2.opts.parent_env,
-                task.config.untracked_env.as_deref().unwrap_or(&[]),
-            );
-            let res: Result<Vec<Lookup>, String> = match &fp {
-                Ok(fp) => {
-                    let current = if traced {
-                        CurrentInputs {
-                            known: fp,
-                            probe: Probe::With(&probe_fn),
-                            env: Some(&trackable),
-                        }
-                    } else {
-                        CurrentInputs::complete(fp).with_env(&trackable)
-                    };
-                    keys.iter()
-                        .map(|(key, spawn)| {
-                            store
-                                .lookup(key, spawn, &current)
-                                .map_err(|e| format!("cache lookup failed: {e}"))
-                        })
-                        .collect()
+                .await
+                .expect("restore does not panic")
+            }
+            early => {
+                if let Some(handle) = early {
+                    handle.abort();
                 }
-                Err(e) => Ok(keys
-                    .iter()
-                    .map(|_| {
-                        Lookup::Miss(MissReason::Unreadable {
-                            path: e.path.clone(),
-                            error: e.source.to_string(),
-                        })
-                    })
-                    .collect()),
-            };
-            // When every item hits, restore here too: one trip to the blocking pool per task.
-            let restores: Vec<Result<baton_cache::RestoreStats, baton_cache::CacheError>> =
-                match &res {
-                    Ok(l) if l.iter().all(|l| matches!(l, Lookup::Hit(_))) => {
-                        let mut out = Vec::with_capacity(l.len());
-                        for lookup in l {
-                            let Lookup::Hit(hit) = lookup else { break };
-                            let r = hit.restore_outputs(&sh2.ws.root);
-                            let failed = r.is_err();
-                            out.push(r);
-                            if failed {
-                                break;
-                            }
-                        }
-                        out
-                    }
-                    _ => Vec::new(),
-                };
-            (paths, fp.ok(), res, restores)
-        })
-        .await
-        .expect("lookup does not panic");
-        let (paths, fp, res, r) = looked;
+                let sh2 = sh.clone();
+                let deps2 = dep_inputs.clone();
+                tokio::task::spawn_blocking(move || {
+                    let looked = lookup_items(&sh2, index, &deps2, traced);
+                    // When every item hits, restore here too: one trip per task.
+                    let restores = restore_all(&sh2, &looked.res);
+                    (looked, restores)
+                })
+                .await
+                .expect("lookup does not panic")
+            }
+        };
+        let (Looked { paths, fp, res }, r) = looked;
         tracing::debug!(task = %task.id, inputs = paths.len(), "looked up");
         input_paths_list = Arc::new(paths);
         pre = fp;
@@ -667,6 +666,7 @@ async fn run_task(
     // Phase 2a: every item hit: replay.
     let mut first_to_run = task.items.len();
     let mut restore_failure: Option<String> = None;
+    let mut clean = all_hit;
     if all_hit {
         let walked_stamps = match (&mode, &pre) {
             (Ok(InputMode::Walked), Some(fp)) => Some(
@@ -692,6 +692,9 @@ async fn run_task(
                     reason: "an earlier item failed to restore".into(),
                 })
             });
+            if let Ok(stats) = &restored {
+                clean &= stats.written == 0 && stats.mode_fixed == 0;
+            }
             match restored.map(|stats| replay(sh, task, item, &preps[item], hit, stats, st)) {
                 Ok(r) => {
                     stamp.update(&r.stamp.0);
@@ -708,6 +711,7 @@ async fn run_task(
                         None => format!("restoring outputs failed: {e}"),
                     });
                     first_to_run = item;
+                    clean = false;
                     break;
                 }
             }
@@ -777,10 +781,97 @@ async fn run_task(
             ok: true,
             outputs,
             id: task.id.clone(),
+            clean,
             stamp: Digest(*stamp.finalize().as_bytes()),
         },
         results,
     )
+}
+
+/// The result of looking every item of a task up.
+struct Looked {
+    /// Input paths known before the run (see [`input_paths`]).
+    paths: Vec<String>,
+    /// Their fingerprint (with dependency stamps), if it could be taken.
+    fp: Option<InputFingerprint>,
+    /// One lookup per item, or why the cache could not be asked.
+    res: Result<Vec<Lookup>, String>,
+}
+
+/// Looks up every item of task `index` (blocking: file hashing and SQLite).
+fn lookup_items(sh: &Shared, index: usize, deps: &DepInputs, traced: bool) -> Looked {
+    let task = &sh.plan.tasks[index];
+    let paths = input_paths(sh, task, deps, traced);
+    let fp = fingerprint_inputs(sh, &paths, deps);
+    let store = sh.store.as_ref().expect("cacheable implies a store");
+    let probe_fn = |paths: &[&str]| {
+        fingerprint_traced(&sh.ws.root, paths, |files| {
+            store.fingerprint_paths(&sh.ws.root, files)
+        })
+    };
+    // Variables a tool may have tracked through the IPC (config's untrackedEnv never).
+    let trackable = trackable_env(
+        &sh.opts.parent_env,
+        task.config.untracked_env.as_deref().unwrap_or(&[]),
+    );
+    let res: Result<Vec<Lookup>, String> = match &fp {
+        Ok(fp) => {
+            let current = if traced {
+                CurrentInputs {
+                    known: fp,
+                    probe: Probe::With(&probe_fn),
+                    env: Some(&trackable),
+                }
+            } else {
+                CurrentInputs::complete(fp).with_env(&trackable)
+            };
+            (0..task.items.len())
+                .map(|item| {
+                    let prep = prepare(sh, task, item);
+                    store
+                        .lookup(&prep.task_key, &prep.spawn, &current)
+                        .map_err(|e| format!("cache lookup failed: {e}"))
+                })
+                .collect()
+        }
+        Err(e) => Ok((0..task.items.len())
+            .map(|_| {
+                Lookup::Miss(MissReason::Unreadable {
+                    path: e.path.clone(),
+                    error: e.source.to_string(),
+                })
+            })
+            .collect()),
+    };
+    Looked {
+        paths,
+        fp: fp.ok(),
+        res,
+    }
+}
+
+/// Restores the outputs of every item when all of them hit (stops at the first failure);
+/// nothing otherwise.
+fn restore_all(
+    sh: &Shared,
+    res: &Result<Vec<Lookup>, String>,
+) -> Vec<Result<baton_cache::RestoreStats, baton_cache::CacheError>> {
+    match res {
+        Ok(l) if l.iter().all(|l| matches!(l, Lookup::Hit(_))) => {
+            let mut out = Vec::with_capacity(l.len());
+            for lookup in l {
+                let Lookup::Hit(hit) = lookup else { break };
+                let r = hit.restore_outputs(&sh.ws.root);
+                let failed = r.is_err();
+                out.push(r);
+                if failed {
+                    break;
+                }
+            }
+            out
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// A stamp for a traced hit: its spawn key and the outputs it restored.

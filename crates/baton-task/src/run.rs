@@ -274,7 +274,8 @@ struct TaskOutcome {
     outputs: Vec<String>,
     /// `pkg#task`.
     id: String,
-    /// Every item was replayed and restoring wrote nothing: the file system is as before.
+    /// This task and every task below it were replayed and restoring wrote nothing: the file
+    /// system is as it was before the run started.
     clean: bool,
     /// A digest standing for this task's result (its cache keys), used as a dependent's input
     /// when the task has no declared outputs.
@@ -666,7 +667,9 @@ async fn run_task(
     // Phase 2a: every item hit: replay.
     let mut first_to_run = task.items.len();
     let mut restore_failure: Option<String> = None;
-    let mut clean = all_hit;
+    // Clean is transitive: a dependent may read what a dependency's dependency wrote (a bundler
+    // follows imports through the whole graph).
+    let mut clean = all_hit && deps.iter().all(|d| d.clean);
     if all_hit {
         let walked_stamps = match (&mode, &pre) {
             (Ok(InputMode::Walked), Some(fp)) => Some(

@@ -359,6 +359,18 @@ impl Printer {
         }
     }
 
+    /// A line of Baton's own about a task: in grouped mode kept with the task's block.
+    fn status_line(&self, st: &mut PrinterState, task: usize, stream: OutStream, line: String) {
+        if self.mode == LogMode::Grouped {
+            st.grouped
+                .entry(task)
+                .or_default()
+                .push((stream, line.into_bytes()));
+        } else {
+            self.write_out(st, stream, line.as_bytes());
+        }
+    }
+
     fn erase_progress(&self, st: &mut PrinterState) {
         if st.progress_shown {
             let mut e = std::io::stderr().lock();
@@ -452,14 +464,7 @@ impl Printer {
                 st.running.insert(task);
                 st.items.insert(task, items);
                 let h = self.header(task, item, items, &command, &status);
-                if self.mode == LogMode::Grouped {
-                    st.grouped
-                        .entry(task)
-                        .or_default()
-                        .push((OutStream::Stdout, h.into_bytes()));
-                } else {
-                    self.write_out(st, OutStream::Stdout, h.as_bytes());
-                }
+                self.status_line(st, task, OutStream::Stdout, h);
             }
             RunEvent::Output {
                 task,
@@ -482,14 +487,7 @@ impl Printer {
                         "{}\n",
                         self.style.dim(&format!("  {} {message}", self.ids[task]))
                     );
-                    if self.mode == LogMode::Grouped {
-                        st.grouped
-                            .entry(task)
-                            .or_default()
-                            .push((OutStream::Stderr, line.into_bytes()));
-                    } else {
-                        self.write_out(st, OutStream::Stderr, line.as_bytes());
-                    }
+                    self.status_line(st, task, OutStream::Stderr, line);
                 }
             }
             RunEvent::ItemEnd { task, result } => {
@@ -525,14 +523,7 @@ impl Printer {
                             ))
                         )
                     };
-                    if self.mode == LogMode::Grouped {
-                        st.grouped
-                            .entry(task)
-                            .or_default()
-                            .push((OutStream::Stderr, line.into_bytes()));
-                    } else {
-                        self.write_out(st, OutStream::Stderr, line.as_bytes());
-                    }
+                    self.status_line(st, task, OutStream::Stderr, line);
                 }
                 if self.mode == LogMode::Grouped {
                     for (stream, bytes) in st.grouped.remove(&task).unwrap_or_default() {

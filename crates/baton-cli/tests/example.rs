@@ -11,16 +11,17 @@ fn example_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/monorepo")
 }
 
-/// Installs the example's npm dependencies (typescript, esbuild) when they are missing.
-fn ensure_node_modules() {
-    let dir = example_dir();
-    if dir.join("node_modules/.bin/tsc").exists() && dir.join("node_modules/.bin/esbuild").exists()
+/// Installs an example's npm dependencies when its `node_modules/.bin` lacks one of `bins`.
+fn ensure_node_modules(dir: &Path, bins: &[&str]) {
+    if bins
+        .iter()
+        .all(|b| dir.join("node_modules/.bin").join(b).exists())
     {
         return;
     }
     let status = tool_command("npm")
         .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(&dir)
+        .current_dir(dir)
         .status()
         .expect("npm must be installed to run the example tests");
     assert!(status.success(), "npm ci in {} failed", dir.display());
@@ -28,7 +29,7 @@ fn ensure_node_modules() {
 
 /// Copies the example (node_modules included, symlinks kept) into a fresh fixture.
 fn copy_example() -> Fixture {
-    ensure_node_modules();
+    ensure_node_modules(&example_dir(), &["tsc", "esbuild"]);
     let f = Fixture::new(&[]);
     copy_tree(&example_dir(), f.root());
     f
@@ -115,14 +116,7 @@ fn vite_dir() -> PathBuf {
 #[test]
 fn vite_build_is_cached_with_no_config() {
     let dir = vite_dir();
-    if !dir.join("node_modules/.bin/vite").exists() {
-        let status = tool_command("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&dir)
-            .status()
-            .expect("npm must be installed to run the example tests");
-        assert!(status.success(), "npm ci in {} failed", dir.display());
-    }
+    ensure_node_modules(&dir, &["vite"]);
     let f = Fixture::new(&[]);
     copy_tree(&dir, f.root());
     let env = [("VITE_API_URL", "https://a.example")];

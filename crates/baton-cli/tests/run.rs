@@ -181,15 +181,6 @@ fn failing_task_fails_fast_and_kills_the_tree() {
             r#"{ "name": "root", "private": true, "workspaces": ["packages/*"] }"#,
         ),
         (
-            "packages/slow/package.json",
-            r#"{ "name": "slow", "scripts": { "build": "sh ./slow.sh" } }"#,
-        ),
-        // Starts a background grandchild, records both pids, then waits forever.
-        (
-            "packages/slow/slow.sh",
-            "sleep 600 &\necho $! > ../grandchild.pid\necho $$ > ../child.pid.tmp && mv ../child.pid.tmp ../child.pid\nwait\n",
-        ),
-        (
             "packages/bad/package.json",
             r#"{ "name": "bad", "scripts": { "build": "sh ./bad.sh" } }"#,
         ),
@@ -203,6 +194,7 @@ fn failing_task_fails_fast_and_kills_the_tree() {
             r#"{ "name": "after", "dependencies": { "bad": "*" }, "scripts": { "build": "echo never" } }"#,
         ),
     ]);
+    add_slow_package(&f);
     let r = f.baton(&["run", "build", "-r", "--concurrency", "2"]);
     assert_eq!(r.code, 3, "{}", r.snapshot());
     assert!(
@@ -212,10 +204,7 @@ fn failing_task_fails_fast_and_kills_the_tree() {
     );
     assert!(!r.stdout.contains("never"), "{}", r.stdout);
     assert!(r.stdout.contains("1 failed · 1 stopped"), "{}", r.stdout);
-    let child: i32 = f.read("packages/child.pid").trim().parse().unwrap();
-    let grandchild: i32 = f.read("packages/grandchild.pid").trim().parse().unwrap();
-    assert!(!pid_alive(child), "child {child} survived");
-    assert!(!pid_alive(grandchild), "grandchild {grandchild} survived");
+    assert_slow_tree_gone(&f);
     // A failed run is not cached.
     let db = f.root().join(".baton/cache/v1/meta.sqlite");
     assert!(db.exists());
@@ -405,18 +394,11 @@ fn ctrl_c_stops_everything_and_leaves_no_process() {
             r#"{ "name": "root", "private": true, "workspaces": ["packages/*"] }"#,
         ),
         (
-            "packages/slow/package.json",
-            r#"{ "name": "slow", "scripts": { "build": "sh ./slow.sh" } }"#,
-        ),
-        (
-            "packages/slow/slow.sh",
-            "sleep 600 &\necho $! > ../grandchild.pid\necho $$ > ../child.pid.tmp && mv ../child.pid.tmp ../child.pid\nwait\n",
-        ),
-        (
             "packages/later/package.json",
             r#"{ "name": "later", "dependencies": { "slow": "*" }, "scripts": { "build": "echo never" } }"#,
         ),
     ]);
+    add_slow_package(&f);
     let child = f
         .command("", &["run", "build", "-r"], &[])
         .stdout(std::process::Stdio::piped())
@@ -443,8 +425,30 @@ fn ctrl_c_stops_everything_and_leaves_no_process() {
     assert_eq!(r.code, 130, "{}", r.snapshot());
     assert!(!r.stdout.contains("never"), "{}", r.stdout);
     assert!(r.stdout.contains("cancelled"), "{}", r.stdout);
-    let child_pid: i32 = f.read("packages/child.pid").trim().parse().unwrap();
-    let grandchild: i32 = f.read("packages/grandchild.pid").trim().parse().unwrap();
-    assert!(!pid_alive(child_pid), "child {child_pid} survived");
-    assert!(!pid_alive(grandchild), "grandchild {grandchild} survived");
+    assert_slow_tree_gone(&f);
+}
+
+/// Package `slow`: its build starts a background grandchild, records both pids (the child's
+/// last, atomically), then waits forever.
+fn add_slow_package(f: &Fixture) {
+    f.write(
+        "packages/slow/package.json",
+        r#"{ "name": "slow", "scripts": { "build": "sh ./slow.sh" } }"#,
+    );
+    f.write(
+        "packages/slow/slow.sh",
+        "sleep 600 &\necho $! > ../grandchild.pid\necho $$ > ../child.pid.tmp && mv ../child.pid.tmp ../child.pid\nwait\n",
+    );
+}
+
+/// Neither the `slow` task's shell nor its backgrounded grandchild is alive.
+fn assert_slow_tree_gone(f: &Fixture) {
+    for name in ["child", "grandchild"] {
+        let pid: i32 = f
+            .read(&format!("packages/{name}.pid"))
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(!pid_alive(pid), "{name} {pid} survived");
+    }
 }

@@ -350,7 +350,7 @@ impl Backend {
         let number = match self.inner.log.next_worker_number(runtime_id) {
             Ok(n) => n,
             Err(e) => {
-                control.terminate();
+                control.terminate().await;
                 return Err(ApiError::log(e));
             }
         };
@@ -383,7 +383,7 @@ impl Backend {
             json!({"type": "spawned", "argv": s.argv, "cwd": s.cwd, "tty": s.tty,
                    "label": s.label, "env_names": env_names, "pid": s.pid})
         }) {
-            control.terminate();
+            control.terminate().await;
             return Err(ApiError::log(e));
         }
         let summary = lock(&worker.summary).clone();
@@ -403,29 +403,40 @@ impl Backend {
         request: InputRequest,
     ) -> Result<OperationResult, ApiError> {
         let worker = self.find(runtime_id, worker_id)?;
-        if request.kind == InputKind::User {
-            let control = lock(&worker.control).clone();
-            let Some(control) = control else {
-                return Ok(rejected("the worker is not running"));
-            };
-            let mut bytes = request.content.clone().into_bytes();
-            if !bytes.ends_with(b"\n") {
-                bytes.push(b'\n');
-            }
-            if let Err(e) = control.write_stdin(&bytes).await {
-                return Ok(rejected(&e.to_string()));
-            }
-        }
         let kind = match request.kind {
             InputKind::User => "user",
             InputKind::System => "system",
         };
+        let mut control = None;
+        if request.kind == InputKind::User {
+            let c = lock(&worker.control).clone();
+            let running = lock(&worker.summary).state == WorkerState::Running;
+            let (Some(c), true) = (c, running) else {
+                return Ok(rejected("the worker is not running"));
+            };
+            control = Some(c);
+        }
+        // Record first, so the input precedes the output it causes.
         let event = self
             .record_with(
                 &worker,
                 |_| json!({"type": "input", "kind": kind, "content": request.content}),
             )
             .map_err(ApiError::log)?;
+        if let Some(control) = control {
+            let mut bytes = request.content.into_bytes();
+            if !bytes.ends_with(b"\n") {
+                bytes.push(b'\n');
+            }
+            if let Err(e) = control.write_stdin(&bytes).await {
+                let message = format!("input {} was not delivered: {e}", Cursor(event.sequence));
+                let _ = self.record_with(&worker, |_| {
+                    json!({"type": "diagnostic", "code": "backend.input_not_delivered",
+                           "severity": "warning", "message": message})
+                });
+                return Ok(rejected(&e.to_string()));
+            }
+        }
         Ok(accepted(&event))
     }
 
@@ -442,7 +453,8 @@ impl Backend {
     ) -> Result<OperationResult, ApiError> {
         let worker = self.find(runtime_id, worker_id)?;
         let control = lock(&worker.control).clone();
-        let Some(control) = control else {
+        let running = lock(&worker.summary).state == WorkerState::Running;
+        let (Some(control), true) = (control, running) else {
             return Ok(rejected("the worker is not running"));
         };
         let name = match action {
@@ -458,11 +470,11 @@ impl Backend {
             .map_err(ApiError::log)?;
         match action {
             Lifecycle::Cancel => {
-                if let Err(e) = control.interrupt() {
+                if let Err(e) = control.interrupt().await {
                     return Ok(rejected(&e.to_string()));
                 }
             }
-            Lifecycle::Stop => control.terminate(),
+            Lifecycle::Stop => control.terminate().await,
         }
         Ok(accepted(&event))
     }
@@ -492,11 +504,13 @@ impl Backend {
     }
 
     /// Kills every running worker's process tree (call on shutdown).
-    pub fn shutdown(&self) {
-        for w in lock(&self.inner.workers).values() {
-            if let Some(c) = lock(&w.control).take() {
-                c.terminate();
-            }
+    pub async fn shutdown(&self) {
+        let controls: Vec<_> = lock(&self.inner.workers)
+            .values()
+            .filter_map(|w| lock(&w.control).take())
+            .collect();
+        for c in controls {
+            c.terminate().await;
         }
     }
 
@@ -569,6 +583,19 @@ async fn pump(backend: Backend, worker: Arc<Worker>, mut events: Box<dyn WorkerE
                 s.signal = signal;
                 s.pid = None;
                 json!({"type": "exit", "exit_code": code, "signal": signal, "status": status})
+            }),
+            WorkerOutput::Diagnostic {
+                code,
+                severity,
+                message,
+            } => backend.record_with(&worker, |_| {
+                json!({"type": "diagnostic", "code": code, "severity": severity, "message": message})
+            }),
+            WorkerOutput::Lost { message } => backend.record_with(&worker, |s| {
+                s.state = WorkerState::Lost;
+                s.status = "lost".into();
+                s.pid = None;
+                json!({"type": "status", "state": "lost", "status": "lost", "message": message})
             }),
         };
         if let Err(e) = result {

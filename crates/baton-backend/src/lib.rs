@@ -56,14 +56,18 @@
 //!
 //! # Runtimes
 //! Runner sessions (`baton-runner`) spawn with piped stdin only (no pty, no interrupt), so the
-//! local runtime uses `baton-exec` directly behind the [`Runtime`] trait; a runner-backed or
-//! remote runtime implements the same trait.
+//! local runtime uses `baton-exec` directly behind the [`Runtime`] trait; a runner-backed
+//! runtime implements the same trait. [`ExecServerRuntime`] runs workers on a remote exec
+//! server through `baton-client` (reconnect + session resume without losing output; a dropped
+//! connection shows up as `backend.upstream_disconnect` / `backend.upstream_reconnected`
+//! diagnostic events of the running workers).
 
 mod api;
 mod backend;
 mod cursor;
 mod http;
 mod log;
+mod remote;
 mod runtime;
 
 pub use api::{
@@ -79,6 +83,7 @@ pub use backend::{
 pub use cursor::{Cursor, CursorError};
 pub use http::{ServeError, ServeOptions, bind, router, serve};
 pub use log::{CursorCheck, EventLog, LogError, LoggedEvent, Retention, WorkerRow};
+pub use remote::ExecServerRuntime;
 pub use runtime::{
     LocalRuntime, Runtime, RuntimeError, WorkerControl, WorkerEvents, WorkerOutput, WorkerSpec,
 };

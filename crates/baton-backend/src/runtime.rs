@@ -45,6 +45,22 @@ pub enum WorkerOutput {
         /// Human-readable status, e.g. `exit code 0`.
         status: String,
     },
+    /// Something about the connection to the worker (recorded as a `diagnostic` event), e.g.
+    /// `backend.upstream_disconnect` when a remote runtime's connection dropped.
+    Diagnostic {
+        /// Code.
+        code: String,
+        /// `info`, `warning` or `error`.
+        severity: &'static str,
+        /// Explanation.
+        message: String,
+    },
+    /// The worker can no longer be followed (e.g. a remote connection was lost for good); the
+    /// last event.
+    Lost {
+        /// Why.
+        message: String,
+    },
 }
 
 /// Errors of a runtime operation; the HTTP layer maps them to status codes.
@@ -81,9 +97,9 @@ pub trait WorkerControl: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`RuntimeError`] when the signal cannot be delivered.
-    fn interrupt(&self) -> Result<(), RuntimeError>;
+    async fn interrupt(&self) -> Result<(), RuntimeError>;
     /// Kills the worker's whole process tree.
-    fn terminate(&self);
+    async fn terminate(&self);
 }
 
 /// The ordered events of a running worker; `None` after the last one (all streams closed and
@@ -152,7 +168,7 @@ impl WorkerControl for LocalControl {
             })
     }
 
-    fn interrupt(&self) -> Result<(), RuntimeError> {
+    async fn interrupt(&self) -> Result<(), RuntimeError> {
         self.0
             .signal(baton_exec::Signal::Interrupt)
             .map_err(|e| RuntimeError::Invalid {
@@ -161,7 +177,7 @@ impl WorkerControl for LocalControl {
             })
     }
 
-    fn terminate(&self) {
+    async fn terminate(&self) {
         self.0.terminate();
     }
 }

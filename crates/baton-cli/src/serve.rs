@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use baton_backend::{Backend, BackendConfig, Retention, ServeOptions};
 use baton_client::backend::{
-    BackendEvent, BackendHttp, BackendObserver, BackendTarget, ObserveOptions,
+    BackendEvent, BackendHttp, BackendObserver, BackendTarget, ObserveOptions, decode_cursor,
 };
 use tokio::io::AsyncBufReadExt as _;
 
@@ -38,9 +38,14 @@ pub struct ServeArgs {
     /// Delete the oldest events when all payloads exceed this many bytes.
     #[arg(long, value_name = "BYTES")]
     pub retain_bytes: Option<u64>,
-    /// Working directory of workers spawned without `cwd` (default: the current directory).
+    /// Working directory of workers spawned without `cwd` (default: the current directory);
+    /// also used on remote runtimes.
     #[arg(long, value_name = "DIR")]
     pub workdir: Option<PathBuf>,
+    /// A remote runtime `NAME=ws://HOST:PORT` (a `baton exec-server` or `codex exec-server`),
+    /// repeatable. Its bearer token, if any, comes from `BATON_RUNTIME_TOKEN`.
+    #[arg(long = "runtime", value_name = "NAME=URL")]
+    pub runtimes: Vec<String>,
 }
 
 /// Where the backend is (shared by `workers` and `attach`).
@@ -167,8 +172,27 @@ pub fn serve_main(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(w) = args.workdir {
         config.default_cwd = w;
     }
+    let remote_token = std::env::var("BATON_RUNTIME_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
     runtime()?.block_on(async move {
-        let backend = Backend::open(config, Vec::new()).context("cannot open the backend")?;
+        let mut extra: Vec<std::sync::Arc<dyn baton_backend::Runtime>> = Vec::new();
+        for spec in &args.runtimes {
+            let Some((name, url)) = spec.split_once('=') else {
+                bail!("--runtime expects NAME=ws://HOST:PORT, got {spec:?}");
+            };
+            let remote = baton_backend::ExecServerRuntime::connect(
+                name,
+                url,
+                remote_token.clone(),
+                config.default_cwd.clone(),
+                baton_client::ClientOptions::default(),
+            )
+            .await
+            .with_context(|| format!("runtime {name:?}"))?;
+            extra.push(std::sync::Arc::new(remote));
+        }
+        let backend = Backend::open(config, extra).context("cannot open the backend")?;
         let options = ServeOptions { token };
         let listener = baton_backend::bind(args.listen, &options).await?;
         let addr = listener.local_addr().context("bound address")?;
@@ -291,15 +315,52 @@ pub fn attach_main(args: AttachArgs) -> anyhow::Result<ExitCode> {
     };
     runtime()?.block_on(async move {
         let mut observer = BackendObserver::connect(target, options).await?;
+        // A worker that already ended sends no more events: stop once everything up to its
+        // last event was shown.
+        let path = format!(
+            "/api/runtimes/{}/workers/{}",
+            baton_client::backend::encode(&observer.target().runtime_id),
+            baton_client::backend::encode(&observer.target().worker_id)
+        );
+        let summary = observer.http().call("GET", &path, None).await?;
+        let ended = (summary["state"] != "running").then(|| {
+            let last = summary["last_event_id"]
+                .as_str()
+                .and_then(decode_cursor)
+                .unwrap_or(0);
+            (last, final_code(&summary))
+        });
+        let mut seen = observer.start_cursor().and_then(decode_cursor).unwrap_or(0);
         let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
         let mut stdin_open = true;
         loop {
+            while let Some(event) = observer.try_next_event() {
+                if let BackendEvent::Event { cursor, .. } = &event {
+                    seen = seen.max(decode_cursor(cursor).unwrap_or(0));
+                }
+                if let Some(code) = render(event) {
+                    return Ok(code);
+                }
+            }
+            if let Some((last, code)) = &ended
+                && seen >= *last
+            {
+                let _ = std::io::stdout().flush();
+                eprintln!(
+                    "baton: worker ended: {}",
+                    summary["status"].as_str().unwrap_or_default()
+                );
+                return Ok(*code);
+            }
             tokio::select! {
                 event = observer.next_event() => {
                     let Some(event) = event else {
                         eprintln!("baton: observation ended");
                         return Ok(ExitCode::from(1));
                     };
+                    if let BackendEvent::Event { cursor, .. } = &event {
+                        seen = seen.max(decode_cursor(cursor).unwrap_or(0));
+                    }
                     if let Some(code) = render(event) {
                         return Ok(code);
                     }
@@ -325,6 +386,14 @@ pub fn attach_main(args: AttachArgs) -> anyhow::Result<ExitCode> {
             }
         }
     })
+}
+
+fn final_code(summary: &serde_json::Value) -> ExitCode {
+    if summary["state"] == "exited" {
+        exit_code(&summary["exit_code"])
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 /// Prints one event; returns the exit code when the worker ended.

@@ -99,3 +99,66 @@ fn serve_spawn_list_attach_stop() {
     assert_eq!(v[0]["exit_code"], 5);
     drop(server);
 }
+
+#[test]
+fn serve_with_a_remote_exec_server_runtime() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let root_path = root.path().canonicalize().expect("canonical");
+    let mut exec = baton()
+        .args(["exec-server", "--listen", "ws://127.0.0.1:0", "--root"])
+        .arg(&root_path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn exec-server");
+    let exec_out = exec.stdout.take().expect("stdout");
+    let _exec = Server(exec);
+    let mut ws_url = String::new();
+    BufReader::new(exec_out)
+        .read_line(&mut ws_url)
+        .expect("ws url");
+
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut child = baton()
+        .args(["serve", "--listen", "127.0.0.1:0", "--runtime"])
+        .arg(format!("build1={}", ws_url.trim()))
+        .arg("--data")
+        .arg(data.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn baton serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let _server = Server(child);
+    let mut url = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut url)
+        .expect("url line");
+    let url = url.trim().to_owned();
+
+    let root_str = root_path.display().to_string();
+    let out = run(
+        &[
+            "workers",
+            "spawn",
+            "--url",
+            &url,
+            "--runtime",
+            "build1",
+            "--cwd",
+            &root_str,
+            "--",
+            "sh",
+            "-c",
+            "pwd; exit 3",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{out:?}");
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(id.starts_with("build1/"), "{id}");
+    let out = run(&["attach", "--url", &url, &id], "");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&root_str),
+        "{out:?}"
+    );
+    assert_eq!(out.status.code(), Some(3));
+}

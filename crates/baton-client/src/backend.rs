@@ -532,6 +532,7 @@ fn parse_response(raw: &[u8]) -> Option<(u16, Vec<u8>)> {
 pub struct BackendObserver {
     target: BackendTarget,
     http: BackendHttp,
+    start_cursor: Option<String>,
     events: mpsc::UnboundedReceiver<BackendEvent>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -584,10 +585,11 @@ impl BackendObserver {
                 }
             }
         }
-        let task = tokio::spawn(observe_loop(target.clone(), options, cursor, tx));
+        let task = tokio::spawn(observe_loop(target.clone(), options, cursor.clone(), tx));
         Ok(Self {
             target,
             http,
+            start_cursor: cursor,
             events,
             task,
         })
@@ -616,6 +618,7 @@ impl BackendObserver {
         Ok(Self {
             target,
             http,
+            start_cursor: Some(cursor.to_owned()),
             events,
             task,
         })
@@ -629,6 +632,17 @@ impl BackendObserver {
     /// An event if one is ready.
     pub fn try_next_event(&mut self) -> Option<BackendEvent> {
         self.events.try_recv().ok()
+    }
+
+    /// The cursor observation started after (the transcript's cursor, or the one given to
+    /// [`BackendObserver::resume`]); `None` when it started from a snapshot.
+    pub fn start_cursor(&self) -> Option<&str> {
+        self.start_cursor.as_deref()
+    }
+
+    /// The HTTP client for this backend.
+    pub fn http(&self) -> &BackendHttp {
+        &self.http
     }
 
     /// The target.

@@ -402,21 +402,27 @@ fn route(inner: &Arc<Inner>, id: &ProcessId, event: ProcessEvent) {
 /// never sent, e.g. output evicted while the client lagged) instead of waiting forever.
 fn spawn_gap_watch(inner: Arc<Inner>, id: ProcessId, state: Arc<ProcState>) {
     let timeout = inner.options.gap_timeout;
+    let (inner, weak_state) = (Arc::downgrade(&inner), Arc::downgrade(&state));
+    drop(state);
     tokio::spawn(async move {
         loop {
-            let (before, _) = state.last();
+            let Some(before) = weak_state.upgrade().map(|s| s.last().0) else {
+                return;
+            };
             tokio::time::sleep(timeout).await;
+            let (Some(state), Some(inner)) = (weak_state.upgrade(), inner.upgrade()) else {
+                return;
+            };
             let (now, done) = state.last();
             let waiting = !lock(&state.ordered).pending.is_empty();
-            if done || !waiting {
-                break;
-            }
-            if now == before {
-                spawn_catch_up(inner.clone(), id.clone(), state.clone());
-                break;
+            if done || !waiting || now == before {
+                state.watching_gap.store(false, Ordering::SeqCst);
+                if !done && waiting {
+                    spawn_catch_up(inner, id, state);
+                }
+                return;
             }
         }
-        state.watching_gap.store(false, Ordering::SeqCst);
     });
 }
 
@@ -718,6 +724,7 @@ impl ExecClient {
             id: id.clone(),
             events: rx,
             wake: wake_rx,
+            ended: false,
         })
     }
 
@@ -1058,6 +1065,7 @@ pub struct RemoteProcess {
     id: ProcessId,
     events: mpsc::UnboundedReceiver<ProcessEvent>,
     wake: watch::Receiver<u64>,
+    ended: bool,
 }
 
 impl RemoteProcess {
@@ -1069,7 +1077,17 @@ impl RemoteProcess {
     /// The next event in seq order; `None` after [`ProcessEvent::Closed`] or
     /// [`ProcessEvent::Failed`].
     pub async fn next_event(&mut self) -> Option<ProcessEvent> {
-        self.events.recv().await
+        if self.ended {
+            return None;
+        }
+        let event = self.events.recv().await;
+        if matches!(
+            event,
+            None | Some(ProcessEvent::Closed { .. } | ProcessEvent::Failed(_))
+        ) {
+            self.ended = true;
+        }
+        event
     }
 
     /// A wake channel carrying the highest seq published so far (bumped on failure too).

@@ -131,7 +131,14 @@ async fn bench(name: &str, mut cmd: tokio::process::Command, dir: &Path, o: &Opt
     for i in 0..o.runs + 10 {
         let t = Instant::now();
         let mut p = client
-            .spawn(&format!("t{i}"), &argv(&["/bin/true"]), dir, env.clone(), false, false)
+            .spawn(
+                &format!("t{i}"),
+                &argv(&["/bin/true"]),
+                dir,
+                env.clone(),
+                false,
+                false,
+            )
             .await
             .expect("start");
         drain(&mut p).await;
@@ -191,7 +198,11 @@ async fn bench(name: &str, mut cmd: tokio::process::Command, dir: &Path, o: &Opt
         p50_ms: pct(0.5),
         p99_ms: pct(0.99),
         concurrent_ms: concurrent.as_secs_f64() * 1000.0,
-        mb_per_s: size as f64 / 1e6 / elapsed.as_secs_f64().max(Duration::from_micros(1).as_secs_f64()),
+        mb_per_s: size as f64
+            / 1e6
+            / elapsed
+                .as_secs_f64()
+                .max(Duration::from_micros(1).as_secs_f64()),
     }
 }
 

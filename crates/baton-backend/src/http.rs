@@ -24,6 +24,9 @@ use crate::backend::{ApiError, Backend, Lifecycle};
 use crate::cursor::Cursor;
 use crate::log::{CursorCheck, LoggedEvent};
 
+/// How often [`serve`] applies the retention policy.
+const RETENTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Events read from SQLite per page while replaying a cursor.
 const REPLAY_PAGE: usize = 1000;
 
@@ -65,8 +68,9 @@ pub async fn bind(addr: SocketAddr, options: &ServeOptions) -> Result<TcpListene
         .map_err(|source| ServeError::Io { addr, source })
 }
 
-/// Serves the API on `listener` until the future is dropped or accepting fails. Workers keep
-/// running after a client disconnects; call [`Backend::shutdown`] to kill them.
+/// Serves the API on `listener` until the future is dropped or accepting fails, applying the
+/// event log's retention every minute. Workers keep running after a client disconnects; call
+/// [`Backend::shutdown`] to kill them.
 ///
 /// # Errors
 /// [`ServeError::Io`] when the listener fails.
@@ -78,9 +82,25 @@ pub async fn serve(
     let addr = listener
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
-    axum::serve(listener, router(backend, options))
+    // Age retention also applies to a quiet log (appends trigger it only every 1024 events).
+    let log = backend.log().clone();
+    let retention = tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(RETENTION_INTERVAL);
+        loop {
+            ticker.tick().await;
+            let log = log.clone();
+            let now = crate::log::now_ms();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || log.apply_retention(now)).await
+            {
+                tracing::warn!(error = %e, "event log retention failed");
+            }
+        }
+    });
+    let result = axum::serve(listener, router(backend, options))
         .await
-        .map_err(|source| ServeError::Io { addr, source })
+        .map_err(|source| ServeError::Io { addr, source });
+    retention.abort();
+    result
 }
 
 #[derive(Clone)]

@@ -21,7 +21,11 @@ fn baton_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("BATON_BIN") {
         return PathBuf::from(p);
     }
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/baton");
+    // The workspace's target directory (honouring CARGO_TARGET_DIR), debug profile.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    let p = target.join("debug/baton");
     assert!(
         p.is_file(),
         "{p:?} is missing: build it first (`cargo build -p baton-cli`) or set BATON_BIN"

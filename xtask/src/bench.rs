@@ -892,7 +892,10 @@ pub fn run(mut opts: Options) -> Result<()> {
         options: opts.clone(),
     };
     let report = crate::report::render(&info, &results);
-    fs::write(&opts.out, report).with_context(|| format!("writing {}", opts.out.display()))?;
+    // Other benchmarks live in the same file: only the generated block is replaced.
+    let existing = fs::read_to_string(&opts.out).ok();
+    let merged = crate::report::merge(existing.as_deref(), &report);
+    fs::write(&opts.out, merged).with_context(|| format!("writing {}", opts.out.display()))?;
     eprintln!("bench: wrote {}", opts.out.display());
     Ok(())
 }

@@ -19,7 +19,7 @@ const T: Duration = Duration::from_secs(20);
 async fn scripted_server(sock: UnixStream, mut script: mpsc::UnboundedReceiver<Value>) {
     let (r, mut w) = sock.into_split();
     let (out, mut out_rx) = mpsc::unbounded_channel::<String>();
-    tokio::spawn(async move {
+    let writer = tokio::spawn(async move {
         while let Some(t) = out_rx.recv().await {
             if w.write_all(format!("{t}\n").as_bytes()).await.is_err() {
                 break;
@@ -30,6 +30,11 @@ async fn scripted_server(sock: UnixStream, mut script: mpsc::UnboundedReceiver<V
     let mut streaming = false;
     while let Ok(Some(line)) = lines.next_line().await {
         match Message::from_slice(line.as_bytes()).expect("client sends json-rpc") {
+            // Hang up instead of answering: the client must not guess the outcome.
+            Message::Request(req) if req.method == "process/signal" => {
+                writer.abort();
+                return;
+            }
             Message::Request(req) => {
                 let result = match req.method.as_str() {
                     "initialize" => Ok(json!({"sessionId": "scripted"})),
@@ -215,5 +220,30 @@ async fn a_gap_that_never_fills_ends_in_an_explicit_failure() {
             .await
             .expect("in time"),
         None
+    );
+}
+
+#[tokio::test]
+async fn a_mutating_call_lost_with_the_connection_is_not_replayed() {
+    let (client, _script) = client().await;
+    let err = client
+        .signal(&"p".into(), baton_protocol::exec::ProcessSignal::Interrupt)
+        .await
+        .expect_err("the server hung up");
+    assert!(
+        matches!(&err, baton_client::ClientError::OutcomeUnknown { method } if method == "process/signal"),
+        "{err:?}"
+    );
+    // This client cannot reconnect (it was given a transport): later calls fail fast.
+    let err = client
+        .read(baton_protocol::exec::ReadParams {
+            process_id: "p".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("disconnected");
+    assert!(
+        matches!(err, baton_client::ClientError::Disconnected(_)),
+        "{err:?}"
     );
 }

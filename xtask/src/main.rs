@@ -8,6 +8,7 @@
 mod bench;
 mod proc;
 mod report;
+mod trace_bench;
 mod workspace;
 
 use std::path::{Path, PathBuf};
@@ -31,6 +32,25 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Time zero-config caching: tracing overhead on tsc and esbuild, and the hit check of
+    /// 10,000 inferred inputs.
+    BenchTrace {
+        /// TypeScript files in the tsc/esbuild project.
+        #[arg(long, default_value_t = 400)]
+        files: usize,
+        /// Files read by the hit-check task.
+        #[arg(long, default_value_t = 10_000)]
+        inputs: usize,
+        /// Repetitions (median reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Report path.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The baton binary (default: target/release/baton).
+        #[arg(long)]
+        baton: Option<PathBuf>,
+    },
     /// Time Baton, turbo, nx, vp and a hand scheduler on generated pnpm workspaces.
     Bench {
         /// Workspace sizes, comma-separated.
@@ -66,6 +86,24 @@ enum Cmd {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Cmd::BenchTrace {
+            files,
+            inputs,
+            runs,
+            out,
+            baton,
+        } => {
+            let root = repo_root();
+            trace_bench::run_bench(&trace_bench::Options {
+                files: files.max(2),
+                inputs,
+                runs: runs.max(1),
+                out: out.unwrap_or_else(|| root.join("BENCHMARKS.md")),
+                work_dir: root.join("target/bench-work"),
+                baton: baton.unwrap_or_else(|| root.join("target/release/baton")),
+                repo: root,
+            })
+        }
         Cmd::Bench {
             packages,
             runs,

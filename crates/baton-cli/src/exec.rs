@@ -14,6 +14,11 @@ use tokio::io::AsyncReadExt as _;
 /// Arguments of `baton exec`.
 #[derive(Debug, clap::Args)]
 pub struct ExecArgs {
+    /// Run in a runner workspace instead: `local:DIR`, `ws://HOST:PORT`, `wss://…` or
+    /// `ssh://[USER@]HOST[:PORT][/PATH]` (the same as `baton runner exec --on`, which has
+    /// more options).
+    #[arg(long, value_name = "DESTINATION", conflicts_with_all = ["server", "stdio_command", "tty"])]
+    pub on: Option<String>,
     /// WebSocket URL of the exec server (`ws://HOST:PORT`). Without it (and without
     /// `--stdio-command`) a private local server is started over stdio.
     #[arg(long, value_name = "URL", conflicts_with = "stdio_command")]
@@ -48,6 +53,9 @@ pub struct ExecArgs {
 
 /// Runs `baton exec`.
 pub fn main(args: ExecArgs) -> anyhow::Result<ExitCode> {
+    if let Some(on) = args.on {
+        return crate::runner_cmd::exec_on_main(on, args.cwd, args.env, args.command);
+    }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let result = runtime.block_on(run(args));
     // Our stdin reader may still be blocked in read(2): do not wait for it.

@@ -24,8 +24,15 @@ enum Command {
     Cache(cache_cmd::CacheArgs),
     /// Serve the exec-server protocol (JSON-RPC over WebSocket or stdio).
     ExecServer(Box<exec_server::ExecServerArgs>),
-    /// Run one command on an exec server and stream its output.
+    /// Run one command on an exec server (or, with `--on`, in a runner workspace) and stream
+    /// its output.
     Exec(Box<exec::ExecArgs>),
+    /// Workspace snapshots of a runner destination (tar+zstd, content-addressed).
+    #[command(subcommand)]
+    Snapshot(runner_cmd::SnapshotCommand),
+    /// Export files of a runner destination into the artifact store.
+    #[command(subcommand)]
+    Artifact(runner_cmd::ArtifactCommand),
     /// Workspaces anywhere (local:DIR, ws://, ssh://): exec, snapshots, artifacts.
     Runner(Box<runner_cmd::RunnerArgs>),
     /// Serve the backend: HTTP/WebSocket control plane over runtimes and workers.
@@ -51,6 +58,8 @@ fn main() -> ExitCode {
         Command::Cache(args) => cache_cmd::main(args),
         Command::ExecServer(args) => exec_server::main(*args),
         Command::Exec(args) => exec::main(*args),
+        Command::Snapshot(cmd) => runner_cmd::snapshot_main(cmd),
+        Command::Artifact(cmd) => runner_cmd::artifact_main(cmd),
         Command::Runner(args) => runner_cmd::main(*args),
         Command::Serve(args) => serve::serve_main(*args),
         Command::Workers(args) => serve::workers_main(*args),

@@ -39,8 +39,9 @@ enum RunnerCommand {
     Artifact(ArtifactCommand),
 }
 
+/// `baton snapshot …` (also `baton runner snapshot …`).
 #[derive(Debug, clap::Subcommand)]
-enum SnapshotCommand {
+pub enum SnapshotCommand {
     /// Archive the workspace into the snapshot store; prints the snapshot ref (JSON).
     Create(Target),
     /// Restore a snapshot (by id, from the store) into the destination's workspace.
@@ -52,8 +53,9 @@ enum SnapshotCommand {
     },
 }
 
+/// `baton artifact …` (also `baton runner artifact …`).
 #[derive(Debug, clap::Subcommand)]
-enum ArtifactCommand {
+pub enum ArtifactCommand {
     /// Copy a file (or, with `--recursive`, a directory as tar+zstd) into the artifact store;
     /// prints the result (JSON: id, size, blake3).
     Export {
@@ -69,7 +71,7 @@ enum ArtifactCommand {
 
 /// Where to work.
 #[derive(Debug, clap::Args)]
-struct Target {
+pub struct Target {
     /// `local:DIR`, `ws://HOST:PORT`, `wss://…` or `ssh://[USER@]HOST[:PORT][/PATH]`.
     #[arg(long = "on", value_name = "DESTINATION")]
     on: String,
@@ -104,6 +106,45 @@ struct ExecOnArgs {
     /// The program and its arguments.
     #[arg(last = true, required = true, value_name = "PROGRAM ARGS")]
     command: Vec<String>,
+}
+
+/// Runs `baton snapshot …`.
+pub fn snapshot_main(command: SnapshotCommand) -> anyhow::Result<ExitCode> {
+    main(RunnerArgs {
+        command: RunnerCommand::Snapshot(command),
+    })
+}
+
+/// Runs `baton artifact …`.
+pub fn artifact_main(command: ArtifactCommand) -> anyhow::Result<ExitCode> {
+    main(RunnerArgs {
+        command: RunnerCommand::Artifact(command),
+    })
+}
+
+/// Runs `baton exec --on DESTINATION -- CMD…`: the command in a runner session's workspace,
+/// with the other `Target` settings at their defaults.
+pub fn exec_on_main(
+    on: String,
+    cwd: Option<PathBuf>,
+    env: Vec<String>,
+    command: Vec<String>,
+) -> anyhow::Result<ExitCode> {
+    main(RunnerArgs {
+        command: RunnerCommand::Exec(ExecOnArgs {
+            target: Target {
+                on,
+                workspace: None,
+                read_roots: Vec::new(),
+                token_secret: None,
+                remote_baton: None,
+                store: PathBuf::from(".baton/runner"),
+            },
+            cwd,
+            env,
+            command,
+        }),
+    })
 }
 
 /// Runs `baton runner`.

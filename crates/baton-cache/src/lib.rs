@@ -131,5 +131,5 @@ pub use miss::MissReason;
 pub use store::{
     CacheStats, CacheStore, CachedRun, CleanStats, CurrentInputs, GcStats, Lookup,
     MAX_ENTRIES_PER_SPAWN_KEY, MAX_ENTRIES_PER_TASK, NewEntry, Probe, PutStats, SCHEMA_VERSION,
-    SchemaStats,
+    STAT_CACHE_MIN_BYTES, SchemaStats,
 };

@@ -17,7 +17,7 @@ use crate::archive::{
 use crate::error::CacheError;
 use crate::fingerprint::{
     Digest, FingerprintError, InputFingerprint, PathState, SpawnFingerprint, change, env_key_state,
-    fingerprint_paths, hash_file, is_absent, is_env_key, key_to_path, listing_hash,
+    hash_file, is_absent, is_env_key, key_to_path, listing_hash,
 };
 use crate::miss::MissReason;
 use crate::statcache::{PENDING_FLUSH_AT, Pending, StatCache, abs_key, write_pending};
@@ -405,6 +405,10 @@ fn digest_from_col(col: &[u8]) -> Option<Digest> {
     Some(Digest(arr))
 }
 
+/// Files smaller than this are hashed directly by [`CacheStore::fingerprint_paths`] (a BLAKE3
+/// pass over a few KiB is cheaper than a database lookup); larger ones use the file-hash cache.
+pub const STAT_CACHE_MIN_BYTES: u64 = 64 * 1024;
+
 impl CacheStore {
     /// The conventional cache directory of a workspace: `<root>/.baton/cache`.
     pub fn default_dir(workspace_root: &Path) -> PathBuf {
@@ -575,30 +579,50 @@ impl CacheStore {
             .iter()
             .map(|p| key_to_path(root, p.as_ref()))
             .collect();
-        let keys: Vec<String> = abs.iter().map(|p| abs_key(p)).collect();
-        let Some(cache) = self.load_stat_cache(&keys) else {
-            return fingerprint_paths(root, paths);
+        // Hashing a small file costs less than asking the database for its hash: only files of
+        // at least STAT_CACHE_MIN_BYTES go through the file-hash cache.
+        let metas = crate::fingerprint::parallel_map(&abs, |p| fs::metadata(p));
+        let big: Vec<usize> = metas
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| {
+                m.as_ref()
+                    .is_ok_and(|m| m.is_file() && m.len() >= STAT_CACHE_MIN_BYTES)
+            })
+            .map(|(i, _)| i)
+            .collect();
+        let keys: Vec<String> = big.iter().map(|&i| abs_key(&abs[i])).collect();
+        let cache = if big.is_empty() {
+            None
+        } else {
+            self.load_stat_cache(&keys)
         };
         let idx: Vec<usize> = (0..paths.len()).collect();
         let states = crate::fingerprint::parallel_map(&idx, |&i| -> io::Result<PathState> {
             let path = &abs[i];
-            let meta = match fs::metadata(path) {
+            let meta = match &metas[i] {
                 Ok(m) => m,
-                Err(e) if is_absent(&e) => return Ok(PathState::Absent),
-                Err(e) => return Err(e),
+                Err(e) if is_absent(e) => return Ok(PathState::Absent),
+                Err(e) => return Err(io::Error::new(e.kind(), e.to_string())),
             };
             if meta.is_dir() {
                 return Ok(PathState::Dir {
                     listing_hash: listing_hash(path)?,
                 });
             }
-            match cache.hash(path, &keys[i], &meta) {
+            let cached = cache.as_ref().and_then(|c| {
+                let k = big.binary_search(&i).ok()?;
+                Some(c.hash(path, &keys[k], meta))
+            });
+            match cached.unwrap_or_else(|| crate::fingerprint::hash_file(path)) {
                 Ok(hash) => Ok(PathState::File { hash }),
                 Err(e) if is_absent(&e) => Ok(PathState::Absent),
                 Err(e) => Err(e),
             }
         });
-        self.save_stat_cache(cache);
+        if let Some(cache) = cache {
+            self.save_stat_cache(cache);
+        }
         let mut out = InputFingerprint::new();
         for (p, state) in paths.iter().zip(states) {
             match state {

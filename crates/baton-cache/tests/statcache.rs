@@ -6,14 +6,24 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use baton_cache::{CacheStore, Digest, PathState, fingerprint_paths};
+use baton_cache::{CacheStore, Digest, PathState, STAT_CACHE_MIN_BYTES, fingerprint_paths};
 
-/// An old system file (timestamps far in the past) to exercise row recording.
+/// An old system file (timestamps far in the past) large enough to go through the file-hash
+/// cache ([`STAT_CACHE_MIN_BYTES`]) to exercise row recording.
 fn old_system_file() -> &'static str {
-    for p in ["etc/passwd", "bin/sh", "usr/bin/env"] {
+    for p in [
+        "usr/bin/bash",
+        "bin/bash",
+        "usr/bin/perl",
+        "usr/bin/git",
+        "bin/sh",
+    ] {
         let Ok(meta) = fs::metadata(Path::new("/").join(p)) else {
             continue;
         };
+        if meta.len() < STAT_CACHE_MIN_BYTES {
+            continue;
+        }
         use std::os::unix::fs::MetadataExt;
         let ctime = SystemTime::UNIX_EPOCH + Duration::from_secs(meta.ctime() as u64);
         if SystemTime::now()

@@ -4,9 +4,12 @@
 
 mod contract;
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
+use support::baton_bin;
 
 use baton_exec::{CommandSpec, Process, ProcessEvent, SpawnOptions};
 use baton_runner::{
@@ -16,22 +19,6 @@ use baton_runner::{
 use contract::{Harness, T};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-
-fn baton_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("BATON_BIN") {
-        return PathBuf::from(p);
-    }
-    // The workspace's target directory (honouring CARGO_TARGET_DIR), debug profile.
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    let p = target.join("debug/baton");
-    assert!(
-        p.is_file(),
-        "{p:?} is missing: build it first (`cargo build -p baton-cli`) or set BATON_BIN"
-    );
-    p
-}
 
 /// The server process; on drop it gets SIGTERM and a bounded wait, so that it kills the
 /// processes it started (a SIGKILL alone would orphan them when a test fails midway).

@@ -3,8 +3,11 @@
 //! disk contains it. One test per binary: it sets an environment variable before any thread
 //! exists.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use support::baton_bin;
 
 use baton_exec::{CommandSpec, ProcessEvent, SpawnOptions, Stream};
 use baton_runner::{
@@ -14,22 +17,6 @@ use baton_runner::{
 
 const TOKEN: &str = "tok-4c1d9a7e-never-on-disk";
 const T: Duration = Duration::from_secs(60);
-
-fn baton_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("BATON_BIN") {
-        return PathBuf::from(p);
-    }
-    // The workspace's target directory (honouring CARGO_TARGET_DIR), debug profile.
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    let p = target.join("debug/baton");
-    assert!(
-        p.is_file(),
-        "{p:?} is missing: build it first or set BATON_BIN"
-    );
-    p
-}
 
 fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     let mut hits = Vec::new();

@@ -4,9 +4,12 @@
 //! mounts only), credentials come from a `RunnerSecretRef` resolved in the environment. One test
 //! per binary: it sets that environment variable before any thread exists.
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use support::baton_bin;
 
 use baton_exec::{CommandSpec, Process, ProcessEvent, SpawnOptions, Stream};
 use baton_runner::*;
@@ -62,22 +65,6 @@ async fn moto(dir: &Path) -> (Process, u16) {
     }
     let (p, _) = start(spec, "Running on").await;
     (p, port)
-}
-
-fn baton_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("BATON_BIN") {
-        return PathBuf::from(p);
-    }
-    // The workspace's target directory (honouring CARGO_TARGET_DIR), debug profile.
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    let p = target.join("debug/baton");
-    assert!(
-        p.is_file(),
-        "{p:?} is missing: build it first or set BATON_BIN"
-    );
-    p
 }
 
 fn mount(uri: &str, path: &str, read_only: bool) -> RunnerMount {

@@ -5,31 +5,18 @@
 
 mod contract;
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
+use support::baton_bin;
 
 use baton_exec::{CommandSpec, Process, ProcessEvent, SpawnOptions, Stream};
 use baton_runner::{RunnerDestination, SshProvider};
 use contract::{Harness, T};
 
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-fn baton_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("BATON_BIN") {
-        return PathBuf::from(p);
-    }
-    // The workspace's target directory (honouring CARGO_TARGET_DIR), debug profile.
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    let p = target.join("debug/baton");
-    assert!(
-        p.is_file(),
-        "{p:?} is missing: build it first (`cargo build -p baton-cli`) or set BATON_BIN"
-    );
-    std::fs::canonicalize(p).expect("canonical baton path")
-}
 
 fn sshd_bin() -> PathBuf {
     let p = std::env::var_os("BATON_SSHD")

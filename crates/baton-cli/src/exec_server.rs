@@ -84,18 +84,9 @@ fn parse_size(s: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("size `{s}` is too large"))
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BATON_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 /// Runs `baton exec-server`.
 pub fn main(args: ExecServerArgs) -> anyhow::Result<ExitCode> {
-    init_logging();
+    crate::init_logging(Some("warn"));
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let result = runtime.block_on(serve(args));
     baton_exec::kill_all();

@@ -51,6 +51,25 @@ mod runner_cmd;
 mod serve;
 mod style;
 
+/// Sets up logging to stderr (only the binary does this), filtered by `BATON_LOG`
+/// (`tracing` syntax, e.g. `baton_task=debug`), with timestamps since start. With `default`
+/// `None`, nothing is logged unless `BATON_LOG` is set.
+pub(crate) fn init_logging(default: Option<&str>) {
+    let filter = match (
+        tracing_subscriber::EnvFilter::try_from_env("BATON_LOG"),
+        default,
+    ) {
+        (Ok(filter), _) => filter,
+        (Err(_), Some(default)) => tracing_subscriber::EnvFilter::new(default),
+        (Err(_), None) => return,
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_timer(tracing_subscriber::fmt::time::uptime())
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {

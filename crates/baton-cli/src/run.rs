@@ -99,13 +99,7 @@ unless its config says `\"cache\": false`. Each cache miss says why.";
 /// Runs `baton run`.
 pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
     // `BATON_LOG=baton_task=debug` shows the scheduler's steps with timestamps (stderr).
-    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("BATON_LOG") {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_timer(tracing_subscriber::fmt::time::uptime())
-            .with_writer(std::io::stderr)
-            .try_init();
-    }
+    crate::init_logging(None);
     let style = Style::detect();
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let ws = Workspace::discover(&cwd)?;

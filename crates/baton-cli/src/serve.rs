@@ -154,7 +154,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// `baton serve`.
 pub fn serve_main(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    init_logging();
+    crate::init_logging(Some("warn"));
     let token = match &args.token_file {
         Some(f) => Some(
             std::fs::read_to_string(f)
@@ -206,15 +206,6 @@ pub fn serve_main(args: ServeArgs) -> anyhow::Result<ExitCode> {
         backend.shutdown().await;
         result.map(|()| ExitCode::SUCCESS)
     })
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BATON_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 /// `baton workers …`.

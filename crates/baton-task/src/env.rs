@@ -9,9 +9,9 @@
 //! Everything else in the parent environment is withheld. `PATH` gets the package's and the
 //! workspace root's `node_modules/.bin` prepended.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 /// Variables passed through to every task by name (values not in the key). `*` is a wildcard.
@@ -141,15 +141,6 @@ impl TaskEnv {
             key,
         }
     }
-
-    /// The tracked names (those whose values are in the key).
-    pub fn tracked_names(&self) -> BTreeSet<&str> {
-        self.key
-            .iter()
-            .filter(|(_, v)| matches!(v, EnvKeyPart::Tracked(_)))
-            .map(|(k, _)| k.as_str())
-            .collect()
-    }
 }
 
 /// The current process environment as raw pairs.
@@ -157,14 +148,14 @@ pub fn parent_env() -> Vec<(OsString, OsString)> {
     std::env::vars_os().collect()
 }
 
-/// Builds an `OsString` from raw bytes (for tests of non-UTF-8 values).
-pub fn os(bytes: &[u8]) -> OsString {
-    OsString::from_vec(bytes.to_vec())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::ffi::OsStringExt;
+
+    fn os(bytes: &[u8]) -> OsString {
+        OsString::from_vec(bytes.to_vec())
+    }
 
     fn pair(k: &str, v: &[u8]) -> (OsString, OsString) {
         (k.into(), os(v))

@@ -138,11 +138,6 @@ impl FileSelection {
         out
     }
 
-    /// Whether `rel_pkg` (relative to the package) is excluded by a `!glob`.
-    pub fn excludes(&self, rel_pkg: &str) -> bool {
-        self.is_excluded(rel_pkg)
-    }
-
     /// Output files present now under the package, relative to `root`.
     pub fn outputs(&self, root: &Path, pkg_dir: &Path, skip_dirs: &[&Path]) -> Vec<String> {
         let mut out = Vec::new();

@@ -205,9 +205,10 @@ fn failing_task_fails_fast_and_kills_the_tree() {
     assert!(!r.stdout.contains("never"), "{}", r.stdout);
     assert!(r.stdout.contains("1 failed · 1 stopped"), "{}", r.stdout);
     assert_slow_tree_gone(&f);
-    // A failed run is not cached.
-    let db = f.root().join(".baton/cache/v1/meta.sqlite");
-    assert!(db.exists());
+    // Neither the failed task nor the killed one was stored.
+    let stats = f.baton(&["cache", "stats", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stats.stdout).unwrap();
+    assert_eq!(v["schemas"][0]["entries"], 0, "{}", stats.stdout);
 }
 
 #[test]

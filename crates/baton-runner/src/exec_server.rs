@@ -34,8 +34,8 @@ use crate::{
     RunnerCapabilities, RunnerCommandRequest, RunnerDestination, RunnerError, RunnerEvent,
     RunnerFileReadRequest, RunnerFileReadResult, RunnerFileWriteRequest, RunnerMount,
     RunnerMountCapabilities, RunnerPortRequest, RunnerPortResult, RunnerProcess, RunnerProvider,
-    RunnerSecretRef, RunnerSession, RunnerSessionState, RunnerSnapshotRef, RunnerStores,
-    RunnerStream, check_no_secrets, compress, decompress, normalize_lexically,
+    RunnerSecretRef, RunnerSession, RunnerSessionState, RunnerSignal, RunnerSnapshotRef,
+    RunnerStores, RunnerStream, check_no_secrets, compress, decompress, normalize_lexically,
 };
 
 /// The provider id of [`ExecServerProvider`].
@@ -958,7 +958,7 @@ impl RunnerSession for RemoteSession {
                 &argv,
                 &cwd,
                 env_map(&self.path_env, &request.env),
-                false,
+                request.tty,
                 true,
             )
             .await;
@@ -991,6 +991,25 @@ impl RunnerSession for RemoteSession {
             }
             None => Ok(false),
         }
+    }
+
+    async fn signal_command(
+        &self,
+        command_id: &str,
+        signal: RunnerSignal,
+    ) -> Result<bool, RunnerError> {
+        let pid = lock(&self.commands).get(command_id).cloned();
+        match pid {
+            Some(pid) => {
+                self.client.signal(&pid, signal).await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn is_connected(&self) -> bool {
+        self.client.is_connected()
     }
 
     async fn read_file(

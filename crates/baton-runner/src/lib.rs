@@ -76,7 +76,12 @@ pub use exec_server::{
 };
 pub use local::{LOCAL_PROVIDER_ID, LocalConfig, LocalProvider};
 pub use paths::{Access, PathPolicy, normalize_lexically, resolve_real};
-pub use process::{CollectedOutput, RunnerProcess};
+pub use process::{CollectedOutput, RunnerProcess, RunnerStdin};
+
+/// A signal for [`RunnerSession::signal_command`]: `Interrupt` (SIGINT), `Terminate`
+/// (SIGTERM), `Kill` (SIGKILL), `Hangup` (SIGHUP). The exec-server protocol's own type
+/// (`process/signal`, DESIGN.md §2), so it passes to remote runners unchanged.
+pub use baton_protocol::exec::ProcessSignal as RunnerSignal;
 pub use s3::{S3Client, S3Credentials, S3Location};
 pub use secrets::{SECRET_KEY_FRAGMENTS, check_no_secrets};
 pub use store::{
@@ -215,6 +220,32 @@ pub trait RunnerSession: Send + Sync + 'static {
     /// # Errors
     /// Connection errors of remote providers.
     async fn cancel_command(&self, command_id: &str) -> Result<bool, RunnerError>;
+
+    /// Sends `signal` to the running command's process group (e.g. [`RunnerSignal::Interrupt`],
+    /// what Ctrl-C sends) without otherwise touching it. `Ok(false)` when no command with this
+    /// id is running (any more).
+    ///
+    /// # Errors
+    /// [`RunnerError::Unsupported`] for providers that cannot signal; connection errors.
+    async fn signal_command(
+        &self,
+        command_id: &str,
+        signal: RunnerSignal,
+    ) -> Result<bool, RunnerError> {
+        let _ = (command_id, signal);
+        Err(RunnerError::Unsupported {
+            operation: "signal_command".into(),
+            provider: self.state().provider_id,
+        })
+    }
+
+    /// Whether the session's connection to the runner is up right now. Always `true` for
+    /// providers without a connection (`local`); remote sessions report `false` while they
+    /// reconnect, so callers can tell their users (the backend records
+    /// `backend.upstream_disconnect`).
+    fn is_connected(&self) -> bool {
+        true
+    }
 
     /// Reads a file (read rules).
     ///

@@ -17,7 +17,7 @@ use crate::{
     RunnerCapabilities, RunnerCommandRequest, RunnerDestination, RunnerError, RunnerEvent,
     RunnerFileReadRequest, RunnerFileReadResult, RunnerFileWriteRequest, RunnerMount,
     RunnerMountCapabilities, RunnerPortRequest, RunnerPortResult, RunnerProcess, RunnerProvider,
-    RunnerSession, RunnerSessionState, RunnerSnapshotRef, RunnerStores, RunnerStream,
+    RunnerSession, RunnerSessionState, RunnerSignal, RunnerSnapshotRef, RunnerStores, RunnerStream,
     check_no_secrets, compress, decompress, tar_dir, untar_into,
 };
 
@@ -332,6 +332,11 @@ impl RunnerSession for LocalSession {
             .env("PATH", &self.meta.path)
             .envs(request.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(StdinMode::Piped);
+        let spec = if request.tty {
+            spec.pty(baton_exec::PtySize::new(24, 80))
+        } else {
+            spec
+        };
         let id = request.command_id.clone();
         let (process, mut events) = {
             let mut commands = lock(&self.commands);
@@ -409,6 +414,29 @@ impl RunnerSession for LocalSession {
             }
             None => false,
         })
+    }
+
+    async fn signal_command(
+        &self,
+        command_id: &str,
+        signal: RunnerSignal,
+    ) -> Result<bool, RunnerError> {
+        let Some(process) = lock(&self.commands).get(command_id).cloned() else {
+            return Ok(false);
+        };
+        let signal = match signal {
+            RunnerSignal::Interrupt => baton_exec::Signal::Interrupt,
+            RunnerSignal::Terminate => baton_exec::Signal::Terminate,
+            RunnerSignal::Kill => baton_exec::Signal::Kill,
+            RunnerSignal::Hangup => baton_exec::Signal::Hangup,
+        };
+        process.signal(signal).map_err(|e| {
+            RunnerError::io(
+                format!("cannot signal command {command_id:?}"),
+                std::io::Error::other(e),
+            )
+        })?;
+        Ok(true)
     }
 
     async fn read_file(

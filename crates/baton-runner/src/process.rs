@@ -31,6 +31,45 @@ impl std::fmt::Debug for StdinOp {
     }
 }
 
+/// A clonable handle on a command's stdin (see [`RunnerProcess::stdin`]).
+#[derive(Debug, Clone)]
+pub struct RunnerStdin {
+    id: RunnerCommandId,
+    tx: mpsc::Sender<StdinOp>,
+}
+
+impl RunnerStdin {
+    /// Writes all of `bytes` to the command's stdin.
+    ///
+    /// # Errors
+    /// As [`RunnerProcess::write_stdin`].
+    pub async fn write(&self, bytes: &[u8]) -> Result<(), RunnerError> {
+        stdin_op(&self.tx, &self.id, |r| StdinOp::Write(bytes.to_vec(), r)).await
+    }
+
+    /// Closes stdin (the command sees EOF).
+    ///
+    /// # Errors
+    /// As [`RunnerProcess::write_stdin`].
+    pub async fn close(&self) -> Result<(), RunnerError> {
+        stdin_op(&self.tx, &self.id, StdinOp::Close).await
+    }
+}
+
+/// Sends one stdin operation to the provider's pump and waits for its answer.
+async fn stdin_op(
+    tx: &mpsc::Sender<StdinOp>,
+    id: &str,
+    op: impl FnOnce(oneshot::Sender<Result<(), RunnerError>>) -> StdinOp,
+) -> Result<(), RunnerError> {
+    let (reply, rx) = oneshot::channel();
+    tx.send(op(reply))
+        .await
+        .map_err(|_| RunnerError::StdinClosed(id.to_owned()))?;
+    rx.await
+        .map_err(|_| RunnerError::StdinClosed(id.to_owned()))?
+}
+
 /// Output of a command gathered by [`RunnerProcess::collect`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CollectedOutput {
@@ -89,13 +128,7 @@ impl RunnerProcess {
     /// [`RunnerError::StdinClosed`] after [`RunnerProcess::close_stdin`] or once the command
     /// ended; provider errors.
     pub async fn write_stdin(&self, bytes: &[u8]) -> Result<(), RunnerError> {
-        let (tx, rx) = oneshot::channel();
-        self.stdin
-            .send(StdinOp::Write(bytes.to_vec(), tx))
-            .await
-            .map_err(|_| RunnerError::StdinClosed(self.id.clone()))?;
-        rx.await
-            .map_err(|_| RunnerError::StdinClosed(self.id.clone()))?
+        stdin_op(&self.stdin, &self.id, |r| StdinOp::Write(bytes.to_vec(), r)).await
     }
 
     /// Closes stdin (the command sees EOF).
@@ -103,13 +136,16 @@ impl RunnerProcess {
     /// # Errors
     /// As [`RunnerProcess::write_stdin`].
     pub async fn close_stdin(&self) -> Result<(), RunnerError> {
-        let (tx, rx) = oneshot::channel();
-        self.stdin
-            .send(StdinOp::Close(tx))
-            .await
-            .map_err(|_| RunnerError::StdinClosed(self.id.clone()))?;
-        rx.await
-            .map_err(|_| RunnerError::StdinClosed(self.id.clone()))?
+        stdin_op(&self.stdin, &self.id, StdinOp::Close).await
+    }
+
+    /// A handle on the command's stdin that can be kept (and cloned) apart from the event
+    /// stream, e.g. by a task that forwards input while another consumes events.
+    pub fn stdin(&self) -> RunnerStdin {
+        RunnerStdin {
+            id: self.id.clone(),
+            tx: self.stdin.clone(),
+        }
     }
 
     /// Consumes the remaining events and gathers output and exit code.

@@ -297,6 +297,10 @@ pub struct RunnerCommandRequest {
     /// killed and [`RunnerCommandResult::timed_out`] is set. `None`: no limit.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Baton addition: run on a pseudo-terminal (80×24; stdout and stderr arrive merged as
+    /// [`RunnerStream::Pty`]; stdin is the terminal's input). Default `false`: pipes.
+    #[serde(default)]
+    pub tty: bool,
 }
 
 impl RunnerCommandRequest {
@@ -313,6 +317,7 @@ impl RunnerCommandRequest {
             cwd: None,
             env: Vec::new(),
             timeout_ms: None,
+            tty: false,
         }
     }
 }

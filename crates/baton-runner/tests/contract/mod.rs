@@ -218,6 +218,55 @@ pub async fn stdin_is_interactive(h: &Harness) {
     s.close().await.expect("close");
 }
 
+/// `tty: true` gives the command a terminal (stdin is a tty, output arrives as `Pty`), and
+/// `signal_command(Interrupt)` reaches a trap in the command without killing it outright.
+pub async fn tty_and_interrupt(h: &Harness) {
+    let s = h.session().await;
+    let mut req = sh(
+        "tty",
+        "trap 'echo got-int; exit 5' INT; if [ -t 0 ]; then echo is-a-tty; fi; echo ready; \
+         while :; do sleep 0.05; done",
+    );
+    req.tty = true;
+    let mut p = s.spawn(req).await.expect("spawn tty");
+    let seen = wait_stdout(&mut p, "ready").await;
+    assert!(
+        seen.contains("is-a-tty"),
+        "stdin should be a terminal: {seen:?}"
+    );
+    assert!(
+        s.signal_command("tty", RunnerSignal::Interrupt)
+            .await
+            .expect("interrupt")
+    );
+    let mut out = Vec::new();
+    let mut streams = Vec::new();
+    let mut code = None;
+    loop {
+        match next(&mut p).await {
+            RunnerEvent::Output { stream, chunk, .. } => {
+                streams.push(stream);
+                out.extend_from_slice(&chunk);
+            }
+            RunnerEvent::Exited { exit_code, .. } => code = Some(exit_code),
+            RunnerEvent::Closed { .. } => break,
+            RunnerEvent::Failed { message } => panic!("failed: {message}"),
+        }
+    }
+    assert!(String::from_utf8_lossy(&out).contains("got-int"), "{out:?}");
+    assert!(
+        streams.iter().all(|s| *s == RunnerStream::Pty),
+        "{streams:?}"
+    );
+    assert_eq!(code, Some(5));
+    assert!(
+        !s.signal_command("tty", RunnerSignal::Interrupt)
+            .await
+            .expect("signal after the end")
+    );
+    s.close().await.expect("close");
+}
+
 /// A background grandchild holds the write end of a FIFO; a second command reading the FIFO
 /// ends only when every writer is gone — i.e. when cancel killed the grandchild too.
 pub async fn cancel_kills_the_tree(h: &Harness) {
@@ -795,7 +844,7 @@ macro_rules! contract_suite {
     ($setup:path) => {
         $crate::contract_suite!(@tests $setup;
             capabilities_are_complete, run_buffered, stream_is_ordered, stdin_is_interactive,
-            cancel_kills_the_tree, files_round_trip, confinement_escapes_are_refused,
+            tty_and_interrupt, cancel_kills_the_tree, files_round_trip, confinement_escapes_are_refused,
             snapshot_round_trip, artifact_export, port_exposure_reaches_a_server,
             port_exposure_carries_websockets,
             state_round_trip_without_secrets, manifest_is_copied_in, closed_session_refuses_work);

@@ -8,15 +8,16 @@
 //! `--workspace`). Snapshots and artifacts go to `--store` (default `.baton/runner`).
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use baton_runner::{
-    ExecServerProvider, LocalProvider, RunnerArtifactExportRequest, RunnerCommandRequest,
-    RunnerDestination, RunnerEvent, RunnerProvider, RunnerSecretRef, RunnerSession,
-    RunnerSnapshotRef, RunnerStream, SshProvider,
+    DestinationOptions, EXEC_SERVER_PROVIDER_ID, ExecServerProvider, LOCAL_PROVIDER_ID,
+    LocalProvider, RunnerArtifactExportRequest, RunnerCommandRequest, RunnerDestination,
+    RunnerEvent, RunnerProvider, RunnerSecretRef, RunnerSession, RunnerSnapshotRef, RunnerStream,
+    SshProvider, parse_destination,
 };
 use tokio::io::AsyncReadExt as _;
 
@@ -159,77 +160,31 @@ pub fn main(args: RunnerArgs) -> anyhow::Result<ExitCode> {
 /// A provider and destination for `target`.
 fn resolve(target: &Target) -> anyhow::Result<(Arc<dyn RunnerProvider>, RunnerDestination)> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
-    let absolute = |p: &Path| {
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            cwd.join(p)
-        }
+    let store = if target.store.is_absolute() {
+        target.store.clone()
+    } else {
+        cwd.join(&target.store)
     };
-    let store = absolute(&target.store);
-    let token = target
-        .token_secret
-        .as_ref()
-        .map(|id| RunnerSecretRef { id: id.clone() });
-    let (provider, provider_id, config): (Arc<dyn RunnerProvider>, &str, serde_json::Value) =
-        if let Some(dir) = target.on.strip_prefix("local:") {
-            (
-                Arc::new(LocalProvider::new(&store)?),
-                "local",
-                serde_json::json!({
-                    "workspace": absolute(Path::new(dir)),
-                    "read_roots": target.read_roots,
-                }),
-            )
-        } else if target.on.starts_with("ws://") || target.on.starts_with("wss://") {
-            let workspace = target.workspace.clone().unwrap_or_else(|| cwd.clone());
-            (
-                Arc::new(ExecServerProvider::new(&store)?),
-                "exec-server",
-                serde_json::json!({
-                    "url": target.on,
-                    "workspace": workspace,
-                    "read_roots": target.read_roots,
-                    "token": token,
-                }),
-            )
-        } else if let Some(rest) = target.on.strip_prefix("ssh://") {
-            let (authority, path) = match rest.find('/') {
-                Some(i) => (&rest[..i], Some(PathBuf::from(&rest[i..]))),
-                None => (rest, None),
-            };
-            let (host, port) = match authority.rsplit_once(':') {
-                Some((h, p)) => (h, Some(p.parse::<u16>().context("bad ssh port")?)),
-                None => (authority, None),
-            };
-            let Some(workspace) = path
-                .filter(|p| p != Path::new("/"))
-                .or(target.workspace.clone())
-            else {
-                bail!("ssh destinations need a workspace: ssh://HOST/ABS/PATH or --workspace");
-            };
-            (
-                Arc::new(SshProvider::new(&store)?),
-                "ssh",
-                serde_json::json!({
-                    "destination": host,
-                    "port": port,
-                    "workspace": workspace,
-                    "read_roots": target.read_roots,
-                    "baton": target.remote_baton,
-                }),
-            )
-        } else {
-            bail!(
-                "unknown destination `{}`: expected local:DIR, ws://…, wss://… or ssh://…",
-                target.on
-            );
-        };
-    let destination = RunnerDestination {
-        id: target.on.clone(),
-        provider_id: provider_id.into(),
-        config,
-        default_manifest: Default::default(),
+    let is_ws = target.on.starts_with("ws://") || target.on.starts_with("wss://");
+    let options = DestinationOptions {
+        base_dir: cwd.clone(),
+        // ws:// defaults to the current directory; ssh:// needs a path or --workspace.
+        workspace: target
+            .workspace
+            .clone()
+            .or_else(|| is_ws.then(|| cwd.clone())),
+        read_roots: target.read_roots.clone(),
+        token: target
+            .token_secret
+            .as_ref()
+            .map(|id| RunnerSecretRef { id: id.clone() }),
+        remote_baton: target.remote_baton.clone(),
+    };
+    let destination = parse_destination(&target.on, &target.on, &options)?;
+    let provider: Arc<dyn RunnerProvider> = match destination.provider_id.as_str() {
+        LOCAL_PROVIDER_ID => Arc::new(LocalProvider::new(&store)?),
+        EXEC_SERVER_PROVIDER_ID => Arc::new(ExecServerProvider::new(&store)?),
+        _ => Arc::new(SshProvider::new(&store)?),
     };
     Ok((provider, destination))
 }

@@ -53,6 +53,7 @@
 //! `tests/exec_server.rs` against a real `baton exec-server`, `tests/ssh.rs` against a real
 //! OpenSSH `sshd` on loopback); `tests/s3.rs` syncs mounts with a real `moto_server`.
 
+mod destination;
 mod error;
 mod exec_server;
 mod local;
@@ -69,6 +70,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+pub use destination::{DestinationOptions, parse_destination};
 pub use error::RunnerError;
 pub use exec_server::{
     DEFAULT_REMOTE_PATH, EXEC_SERVER_PROVIDER_ID, ExecServerConfig, ExecServerProvider,

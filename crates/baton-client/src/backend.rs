@@ -14,15 +14,22 @@
 //! - Every failure is delivered as a [`BackendEvent::Diagnostic`] (`client.*` codes for the
 //!   client's own failures, `backend.*` codes from the server).
 //!
+//! The wire types (transcript, operation results, diagnostics, cursors) are those of
+//! [`baton_protocol::backend`], re-exported here; the server uses the same definitions.
+//!
 //! Plain `http://`/`ws://` only: this build has no TLS, so an `https://` target is accepted by
 //! validation but its requests fail with [`BackendClientError::TlsUnsupported`].
 //! The HTTP requests are minimal HTTP/1.1 (`Connection: close`) over a Tokio TCP stream.
 
 use std::time::Duration;
 
+pub use baton_protocol::backend::{
+    Cursor, CursorError, Diagnostic, OperationResult, OperationState, Severity, Transcript,
+    TranscriptItem,
+};
+use baton_protocol::backend::{LifecycleRequest, codes};
 use baton_rpc::tokio_tungstenite;
 use futures::{SinkExt as _, StreamExt as _};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
@@ -151,13 +158,10 @@ pub fn encode(input: &str) -> String {
     out
 }
 
-/// Parses a cursor `bo_` + 16 lowercase hex digits into its sequence.
+/// Parses a cursor `bo_` + 16 lowercase hex digits into its sequence ([`Cursor::parse`]);
+/// `None` for any other spelling.
 pub fn decode_cursor(cursor: &str) -> Option<u64> {
-    let hex = cursor.strip_prefix("bo_")?;
-    if hex.len() != 16 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-        return None;
-    }
-    u64::from_str_radix(hex, 16).ok()
+    Cursor::parse(cursor).ok().map(Cursor::sequence)
 }
 
 /// Errors of backend calls.
@@ -200,62 +204,6 @@ pub enum BackendClientError {
     /// The response was not HTTP.
     #[error("malformed HTTP response from {0}")]
     Malformed(String),
-}
-
-/// A backend diagnostic as returned in `diagnostics[]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Diagnostic {
-    /// Code, e.g. `backend.worker_not_running`.
-    pub code: String,
-    /// `info`, `warning` or `error` (absent on WebSocket diagnostics).
-    #[serde(default)]
-    pub severity: Option<String>,
-    /// Explanation.
-    pub message: String,
-}
-
-/// Response of input/cancel/stop: `{state, event_id?, diagnostics[]}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OperationResult {
-    /// `accepted`, `unsupported` or `rejected`.
-    pub state: String,
-    /// Cursor of the recorded event.
-    #[serde(default)]
-    pub event_id: Option<String>,
-    /// Problems.
-    #[serde(default)]
-    pub diagnostics: Vec<Diagnostic>,
-}
-
-/// One transcript item `{sequence, role, content, event_id}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TranscriptItem {
-    /// Index in the transcript.
-    pub sequence: u64,
-    /// `user`, `system`, `assistant` (stdout/pty line) or `stderr`.
-    pub role: String,
-    /// Text.
-    pub content: String,
-    /// Cursor of the event that completed it.
-    pub event_id: String,
-}
-
-/// Response of the transcript route.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Transcript {
-    /// Items.
-    pub items: Vec<TranscriptItem>,
-    /// Total number of items.
-    pub total_items: u64,
-    /// Next page start.
-    #[serde(default)]
-    pub next_start: Option<u64>,
-    /// Log position the projection reflects (resume observation from here).
-    #[serde(default)]
-    pub cursor: Option<String>,
-    /// Problems.
-    #[serde(default)]
-    pub diagnostics: Vec<Diagnostic>,
 }
 
 /// Something observed on a worker.
@@ -444,7 +392,9 @@ impl BackendHttp {
             .call(
                 "POST",
                 &path,
-                Some(&serde_json::json!({ "reason": reason })),
+                Some(&serde_json::json!(LifecycleRequest {
+                    reason: reason.map(str::to_owned),
+                })),
             )
             .await?;
         serde_json::from_value(v).map_err(|source| BackendClientError::Decode { url, source })
@@ -896,8 +846,8 @@ async fn observe_once(
                     .to_owned();
                 let _ = tx.send(diag(&code, message));
                 return match code.as_str() {
-                    "backend.cursor_unknown_or_expired" => Connection::Resync,
-                    "backend.upstream_disconnect" | "backend.runtime_unavailable" => {
+                    codes::CURSOR_UNKNOWN_OR_EXPIRED => Connection::Resync,
+                    codes::UPSTREAM_DISCONNECT | codes::RUNTIME_UNAVAILABLE => {
                         Connection::Dropped { delivered }
                     }
                     _ => Connection::Stop,

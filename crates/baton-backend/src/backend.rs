@@ -218,7 +218,7 @@ impl Backend {
             .map(|rt| RuntimeSummary {
                 runtime_id: rt.id().to_owned(),
                 kind: rt.kind().to_owned(),
-                state: "available".into(),
+                state: rt.state().into(),
                 capabilities: rt.capabilities(),
             })
             .collect()
@@ -346,6 +346,7 @@ impl Backend {
             }
             RuntimeError::Unsupported(m) => ApiError::new(501, "backend.unsupported", m),
             RuntimeError::Unavailable(m) => ApiError::new(502, "backend.runtime_unavailable", m),
+            RuntimeError::Timeout(m) => ApiError::new(504, "backend.runtime_timeout", m),
         })?;
         let number = match self.inner.log.next_worker_number(runtime_id) {
             Ok(n) => n,
@@ -434,7 +435,7 @@ impl Backend {
                     json!({"type": "diagnostic", "code": "backend.input_not_delivered",
                            "severity": "warning", "message": message})
                 });
-                return Ok(rejected(&e.to_string()));
+                return Ok(refused_by_runtime("backend.input_not_delivered", &e));
             }
         }
         Ok(accepted(&event))
@@ -471,7 +472,7 @@ impl Backend {
         match action {
             Lifecycle::Cancel => {
                 if let Err(e) = control.interrupt().await {
-                    return Ok(rejected(&e.to_string()));
+                    return Ok(refused_by_runtime("backend.signal_failed", &e));
                 }
             }
             Lifecycle::Stop => control.terminate().await,
@@ -511,6 +512,9 @@ impl Backend {
             .collect();
         for c in controls {
             c.terminate().await;
+        }
+        for rt in self.inner.runtimes.values() {
+            rt.shutdown().await;
         }
     }
 
@@ -559,10 +563,30 @@ fn accepted(event: &LoggedEvent) -> OperationResult {
 }
 
 fn rejected(message: &str) -> OperationResult {
+    refused(
+        OperationState::Rejected,
+        "backend.worker_not_running",
+        message,
+    )
+}
+
+/// A refusal with one warning diagnostic.
+fn refused(state: OperationState, code: &str, message: &str) -> OperationResult {
     OperationResult {
-        state: OperationState::Rejected,
+        state,
         event_id: None,
-        diagnostics: vec![Diagnostic::warning("backend.worker_not_running", message)],
+        diagnostics: vec![Diagnostic::warning(code, message)],
+    }
+}
+
+/// The refusal for a runtime error of an operation on a running worker: `unsupported` when the
+/// runtime cannot do it at all, else `rejected` with `code`.
+fn refused_by_runtime(code: &str, e: &RuntimeError) -> OperationResult {
+    match e {
+        RuntimeError::Unsupported(m) => {
+            refused(OperationState::Unsupported, "backend.unsupported", m)
+        }
+        other => refused(OperationState::Rejected, code, &other.to_string()),
     }
 }
 

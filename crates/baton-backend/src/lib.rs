@@ -64,10 +64,11 @@
 
 mod api;
 mod backend;
+mod config;
 mod cursor;
 mod http;
 mod log;
-mod remote;
+mod runner;
 mod runtime;
 
 pub use api::{
@@ -80,10 +81,11 @@ pub use backend::{
     ApiError, Backend, BackendConfig, BackendError, DEFAULT_TRANSCRIPT_LIMIT, Lifecycle,
     MAX_ID_LEN, MAX_TRANSCRIPT_LIMIT, validate_id,
 };
+pub use config::{ConfigError, RuntimeEntry, RuntimesFile, build_runtime, parse_runtime_flag};
 pub use cursor::{Cursor, CursorError};
 pub use http::{ServeError, ServeOptions, bind, router, serve};
 pub use log::{CursorCheck, EventLog, LogError, LoggedEvent, Retention, WorkerRow};
-pub use remote::ExecServerRuntime;
+pub use runner::{DEFAULT_RUNNER_TIMEOUT, RunnerRuntime};
 pub use runtime::{
     LocalRuntime, Runtime, RuntimeError, WorkerControl, WorkerEvents, WorkerOutput, WorkerSpec,
 };

@@ -1,10 +1,11 @@
 //! Runtimes: where workers run.
 //!
 //! The backend talks to runtimes through the small [`Runtime`] trait. DESIGN.md §3 makes a
-//! runtime a runner session (`baton-runner`); today's runner sessions spawn with piped stdin only
-//! (no pty, no interrupt signal), so the embedded [`LocalRuntime`] runs workers directly on
-//! `baton-exec` (own process group, pty, SIGINT to the group, tree kill). A runner-backed runtime
-//! (local or remote exec server) slots in by implementing [`Runtime`].
+//! runtime a runner session (`baton-runner`): [`crate::RunnerRuntime`] runs workers in a runner
+//! session at any destination (`local:DIR`, a remote exec server, ssh). The embedded default
+//! runtime, [`LocalRuntime`], runs workers directly on `baton-exec` on this host because it
+//! adds what a runner session hides: the worker's host pid and the signal that killed it, and
+//! the backend's own environment (runner sessions give commands only `PATH` plus `env`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -81,6 +82,9 @@ pub enum RuntimeError {
     /// The runtime could not be reached or failed: HTTP 502.
     #[error("runtime unavailable: {0}")]
     Unavailable(String),
+    /// The runtime did not answer in time: HTTP 504.
+    #[error("runtime timed out: {0}")]
+    Timeout(String),
 }
 
 /// Control of a running worker. Methods on a worker that already ended are harmless.
@@ -115,12 +119,21 @@ pub trait WorkerEvents: Send + 'static {
 pub trait Runtime: Send + Sync + 'static {
     /// Opaque id, used in paths (`/api/runtimes/{id}`).
     fn id(&self) -> &str;
-    /// Provider kind, e.g. `local`.
-    fn kind(&self) -> &'static str;
+    /// Provider kind, e.g. `local`, `exec-server`, `ssh`.
+    fn kind(&self) -> &str;
+    /// `available`, `connecting` (not connected yet, or reconnecting) or `unavailable` (the
+    /// last connection attempt failed; the next spawn tries again).
+    fn state(&self) -> &'static str {
+        "available"
+    }
     /// What it supports.
     fn capabilities(&self) -> RuntimeCapabilities;
     /// Working directory of a worker spawned without `cwd`.
     fn default_cwd(&self) -> PathBuf;
+    /// Releases the runtime on backend shutdown (after its workers were stopped). Default:
+    /// nothing to release.
+    async fn shutdown(&self) {}
+
     /// Starts a worker.
     ///
     /// # Errors
@@ -208,7 +221,7 @@ impl Runtime for LocalRuntime {
         &self.id
     }
 
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> &str {
         "local"
     }
 

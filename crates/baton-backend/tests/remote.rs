@@ -1,14 +1,19 @@
-//! A remote runtime: a real `baton exec-server` (in-process, on loopback) behind a TCP proxy
-//! that cuts the connection while a worker prints. The backend reports the disconnect as a
-//! diagnostic, the exec-server client resumes its session, and no output is lost or doubled.
+//! Runner-session runtimes ([`RunnerRuntime`]):
+//! - a real `baton exec-server` (in-process, on loopback) behind a TCP proxy that cuts the
+//!   connection while a worker prints: the backend reports the disconnect as a diagnostic, the
+//!   exec-server client resumes its session, and no output is lost or doubled;
+//! - runtimes that are down or silent: `unavailable` state, 502, 504;
+//! - a `local:` runner runtime: tty workers, cancel (SIGINT) reaching a trap, cwd confinement.
 
 mod common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use baton_backend::{Backend, BackendConfig, ExecServerRuntime, Runtime, ServeOptions};
+use baton_backend::{Backend, BackendConfig, RunnerRuntime, Runtime, ServeOptions};
+use baton_runner::{DestinationOptions, ExecServerProvider, LocalProvider, parse_destination};
 use common::*;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
@@ -74,19 +79,26 @@ async fn remote_runtime_survives_a_cut_connection_without_losing_output() {
     tokio::spawn(listener.run());
     let proxy = Proxy::start(upstream).await;
 
-    let remote = ExecServerRuntime::connect(
+    let store = tempfile::tempdir().expect("tempdir");
+    let destination = parse_destination(
         "build1",
         &format!("ws://{}", proxy.addr),
-        None,
-        root_path.clone(),
-        baton_client::ClientOptions::default(),
+        &DestinationOptions {
+            workspace: Some(root_path.clone()),
+            ..Default::default()
+        },
     )
-    .await
-    .expect("connect runtime");
+    .expect("destination");
+    let remote = Arc::new(RunnerRuntime::new(
+        "build1",
+        Arc::new(ExecServerProvider::new(store.path()).expect("provider")),
+        destination,
+        GUARD,
+    ));
     assert_eq!(remote.kind(), "exec-server");
+    assert_eq!(remote.state(), "connecting");
     let data = tempfile::tempdir().expect("tempdir");
-    let backend =
-        Backend::open(BackendConfig::new(data.path()), vec![Arc::new(remote)]).expect("backend");
+    let backend = Backend::open(BackendConfig::new(data.path()), vec![remote]).expect("backend");
     let http_listener = baton_backend::bind(
         "127.0.0.1:0".parse().expect("addr"),
         &ServeOptions::default(),
@@ -173,4 +185,215 @@ async fn remote_runtime_survives_a_cut_connection_without_losing_output() {
     );
     backend.shutdown().await;
     exec.shutdown();
+}
+
+/// Serves `backend` on loopback; returns the address.
+async fn serve(backend: &Backend) -> SocketAddr {
+    let listener = baton_backend::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        &ServeOptions::default(),
+    )
+    .await
+    .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(baton_backend::serve(
+        listener,
+        backend.clone(),
+        ServeOptions::default(),
+    ));
+    addr
+}
+
+fn ws_runtime(id: &str, url: String, store: &std::path::Path, timeout: Duration) -> RunnerRuntime {
+    let destination = parse_destination(
+        id,
+        &url,
+        &DestinationOptions {
+            workspace: Some("/".into()),
+            ..Default::default()
+        },
+    )
+    .expect("destination");
+    RunnerRuntime::new(
+        id,
+        Arc::new(ExecServerProvider::new(store).expect("provider")),
+        destination,
+        timeout,
+    )
+}
+
+/// A runtime nobody listens for is `unavailable` and answers 502; one that accepts TCP but
+/// never speaks WebSocket answers 504 after the runner timeout. Neither stops the backend, and
+/// neither address appears in any answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_and_silent_runtimes_map_to_502_and_504() {
+    let closed_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+        l.local_addr().expect("addr").port()
+    };
+    let silent = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let silent_addr = silent.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            held.push(conn);
+        }
+    });
+    let store = tempfile::tempdir().expect("tempdir");
+    let down = Arc::new(ws_runtime(
+        "down",
+        format!("ws://127.0.0.1:{closed_port}"),
+        store.path(),
+        GUARD,
+    ));
+    let mute = Arc::new(ws_runtime(
+        "mute",
+        format!("ws://{silent_addr}"),
+        store.path(),
+        Duration::from_millis(500),
+    ));
+    let data = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::open(
+        BackendConfig::new(data.path()),
+        vec![down.clone(), mute.clone()],
+    )
+    .expect("backend");
+    let addr = serve(&backend).await;
+    let body = json!({"argv": ["true"]}).to_string();
+
+    let (status, r) = http(
+        addr,
+        "POST",
+        "/api/runtimes/down/workers",
+        Some(&body),
+        None,
+    )
+    .await;
+    assert_eq!(status, 502, "{r}");
+    assert_eq!(r["error"], "backend.runtime_unavailable");
+    assert!(!r.to_string().contains(&closed_port.to_string()), "{r}");
+    let (_, list) = http(addr, "GET", "/api/runtimes", None, None).await;
+    let state = |id: &str| {
+        list["runtimes"]
+            .as_array()
+            .expect("runtimes")
+            .iter()
+            .find(|r| r["runtime_id"] == id)
+            .map(|r| r["state"].clone())
+    };
+    assert_eq!(state("down"), Some(json!("unavailable")), "{list}");
+
+    let (status, r) = http(
+        addr,
+        "POST",
+        "/api/runtimes/mute/workers",
+        Some(&body),
+        None,
+    )
+    .await;
+    assert_eq!(status, 504, "{r}");
+    assert_eq!(r["error"], "backend.runtime_timeout");
+    assert!(
+        !r.to_string().contains(&silent_addr.port().to_string()),
+        "{r}"
+    );
+
+    // The embedded runtime still works.
+    let (status, _) = http(
+        addr,
+        "POST",
+        "/api/runtimes/local/workers",
+        Some(&body),
+        None,
+    )
+    .await;
+    assert_eq!(status, 201);
+    backend.shutdown().await;
+}
+
+/// A `local:` runner runtime: a tty worker sees a terminal, `cancel` delivers SIGINT to its
+/// trap (exit code 3), and a cwd outside the runtime's workspace is refused with 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runner_runtime_runs_tty_workers_and_cancel_interrupts() {
+    let ws = tempfile::tempdir().expect("tempdir");
+    let store = tempfile::tempdir().expect("tempdir");
+    let workspace = ws.path().canonicalize().expect("canonical");
+    let destination = parse_destination(
+        "box",
+        &format!("local:{}", workspace.display()),
+        &DestinationOptions::default(),
+    )
+    .expect("destination");
+    let runtime = Arc::new(RunnerRuntime::new(
+        "box",
+        Arc::new(LocalProvider::new(store.path()).expect("provider")),
+        destination,
+        GUARD,
+    ));
+    runtime.start();
+    let data = tempfile::tempdir().expect("tempdir");
+    let backend =
+        Backend::open(BackendConfig::new(data.path()), vec![runtime.clone()]).expect("backend");
+    let addr = serve(&backend).await;
+
+    let script = "trap 'echo got-int; exit 3' INT; [ -t 0 ] && echo on-a-tty; pwd; echo ready; \
+                  while :; do sleep 0.05; done";
+    let (status, summary) = http(
+        addr,
+        "POST",
+        "/api/runtimes/box/workers",
+        Some(&json!({"argv": ["sh", "-c", script], "tty": true}).to_string()),
+        None,
+    )
+    .await;
+    assert_eq!(status, 201, "{summary}");
+    assert_eq!(runtime.state(), "available");
+    assert_eq!(summary["cwd"], workspace.display().to_string());
+    let w = summary["worker_id"].as_str().expect("id").to_owned();
+    let mut obs = observe(addr, "box", &w, Some("bo_0000000000000000")).await;
+    let mut events = events_until(&mut obs, |p| {
+        p["type"] == "output" && p["text"].as_str().is_some_and(|t| t.contains("ready"))
+    })
+    .await;
+    let (status, r) = http(
+        addr,
+        "POST",
+        &format!("/api/runtimes/box/workers/{w}/cancel"),
+        Some(r#"{"reason":"test"}"#),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, r["state"].as_str()),
+        (200, Some("accepted")),
+        "{r}"
+    );
+    events.extend(events_until(&mut obs, is_exit).await);
+    let text = output_text(&events);
+    assert!(text.contains("on-a-tty"), "{text:?}");
+    assert!(text.contains(&workspace.display().to_string()), "{text:?}");
+    assert!(text.contains("got-int"), "{text:?}");
+    let exit = events.last().expect("exit");
+    assert_eq!(exit["payload"]["exit_code"], 3, "{exit}");
+    assert!(
+        events
+            .iter()
+            .filter(|e| e["payload"]["type"] == "output")
+            .all(|e| e["payload"]["stream"] == "pty")
+    );
+
+    let (status, r) = http(
+        addr,
+        "POST",
+        "/api/runtimes/box/workers",
+        Some(&json!({"argv": ["true"], "cwd": "/"}).to_string()),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "{r}");
+    assert!(
+        r["message"].as_str().is_some_and(|m| m.contains("outside")),
+        "{r}"
+    );
+    backend.shutdown().await;
 }

@@ -42,10 +42,17 @@ pub struct ServeArgs {
     /// also used on remote runtimes.
     #[arg(long, value_name = "DIR")]
     pub workdir: Option<PathBuf>,
-    /// A remote runtime `NAME=ws://HOST:PORT` (a `baton exec-server` or `codex exec-server`),
-    /// repeatable. Its bearer token, if any, comes from `BATON_RUNTIME_TOKEN`.
-    #[arg(long = "runtime", value_name = "NAME=URL")]
+    /// Another runtime `NAME=DESTINATION`, repeatable: `ws://HOST:PORT` (a `baton exec-server`
+    /// or `codex exec-server`; workspace: `--workdir`; bearer token from `BATON_SECRET_<NAME>`
+    /// if set), `ssh://[USER@]HOST[:PORT]/ABS/PATH` (`baton exec-server --listen stdio` over
+    /// ssh) or `local:DIR`. Unreachable runtimes do not stop the server: they show as
+    /// `unavailable` and are retried on the next spawn.
+    #[arg(long = "runtime", value_name = "NAME=DESTINATION")]
     pub runtimes: Vec<String>,
+    /// A runtimes file (JSON `{"runtimes": {NAME: {destination, workspace?, token_secret?,
+    /// config?, timeout_seconds?, …}}}`; see ARCHITECTURE.md / `baton_backend::RuntimesFile`).
+    #[arg(long = "runtimes", value_name = "FILE")]
+    pub runtimes_file: Option<PathBuf>,
 }
 
 /// Where the backend is (shared by `workers` and `attach`).
@@ -172,25 +179,38 @@ pub fn serve_main(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(w) = args.workdir {
         config.default_cwd = w;
     }
-    let remote_token = std::env::var("BATON_RUNTIME_TOKEN")
-        .ok()
-        .filter(|t| !t.is_empty());
+    let mut entries: Vec<(String, baton_backend::RuntimeEntry)> = Vec::new();
+    if let Some(file) = &args.runtimes_file {
+        entries.extend(baton_backend::RuntimesFile::load(file)?.runtimes);
+    }
+    for flag in &args.runtimes {
+        entries.push(baton_backend::parse_runtime_flag(flag)?);
+    }
+    let base_dir = std::env::current_dir().context("cannot read the current directory")?;
+    let store = if config.data_dir.is_absolute() {
+        config.data_dir.join("runners")
+    } else {
+        base_dir.join(&config.data_dir).join("runners")
+    };
+    let mut seen = std::collections::BTreeSet::from(["local".to_owned()]);
+    let mut runners = Vec::new();
+    for (id, entry) in &entries {
+        if !seen.insert(id.clone()) {
+            bail!("runtime {id:?} is defined twice (\"local\" is the embedded runtime)");
+        }
+        runners.push(std::sync::Arc::new(baton_backend::build_runtime(
+            id,
+            entry,
+            &config.default_cwd,
+            &base_dir,
+            &store,
+        )?));
+    }
     runtime()?.block_on(async move {
         let mut extra: Vec<std::sync::Arc<dyn baton_backend::Runtime>> = Vec::new();
-        for spec in &args.runtimes {
-            let Some((name, url)) = spec.split_once('=') else {
-                bail!("--runtime expects NAME=ws://HOST:PORT, got {spec:?}");
-            };
-            let remote = baton_backend::ExecServerRuntime::connect(
-                name,
-                url,
-                remote_token.clone(),
-                config.default_cwd.clone(),
-                baton_client::ClientOptions::default(),
-            )
-            .await
-            .with_context(|| format!("runtime {name:?}"))?;
-            extra.push(std::sync::Arc::new(remote));
+        for r in runners {
+            r.start();
+            extra.push(r);
         }
         let backend = Backend::open(config, extra).context("cannot open the backend")?;
         let options = ServeOptions { token };

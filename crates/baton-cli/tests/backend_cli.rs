@@ -4,6 +4,9 @@
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::process::{Child, Command, Output, Stdio};
 
+#[path = "../../baton-runner/tests/support/sshd.rs"]
+mod sshd;
+
 #[expect(
     clippy::disallowed_methods,
     reason = "the test drives the real baton binary"
@@ -121,6 +124,8 @@ fn serve_with_a_remote_exec_server_runtime() {
     let mut child = baton()
         .args(["serve", "--listen", "127.0.0.1:0", "--runtime"])
         .arg(format!("build1={}", ws_url.trim()))
+        .arg("--workdir")
+        .arg(&root_path)
         .arg("--data")
         .arg(data.path())
         .stdout(Stdio::piped())
@@ -161,4 +166,118 @@ fn serve_with_a_remote_exec_server_runtime() {
         "{out:?}"
     );
     assert_eq!(out.status.code(), Some(3));
+}
+
+/// Starts `baton serve` with `args` and returns the guard and its URL.
+fn serve(args: &[&std::ffi::OsStr]) -> (Server, String) {
+    let mut child = baton()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn baton serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let server = Server(child);
+    let mut url = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut url)
+        .expect("url line");
+    (server, url.trim().to_owned())
+}
+
+/// A runtime registered by a runtimes file whose destination is ssh: a real sshd on loopback
+/// starts `baton exec-server --listen stdio` for the backend's runner session, and the worker
+/// runs there (tty, exit code, output through attach). The ssh address never appears in the
+/// API.
+#[test]
+fn serve_with_an_ssh_runtime_from_a_runtimes_file() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let base = tmp.path().canonicalize().expect("canonical");
+    let sshd_dir = base.join("sshd");
+    let ws = base.join("ws");
+    std::fs::create_dir_all(&sshd_dir).expect("mkdir");
+    std::fs::create_dir_all(&ws).expect("mkdir");
+    let rt = tokio::runtime::Runtime::new().expect("tokio");
+    let (_sshd, port, key) = rt.block_on(sshd::start_sshd(&sshd_dir));
+    let file = base.join("runtimes.json");
+    std::fs::write(
+        &file,
+        serde_json::json!({"runtimes": {"box": {
+            "destination": format!("ssh://{}@127.0.0.1:{port}{}", sshd::user(), ws.display()),
+            "remote_baton": env!("CARGO_BIN_EXE_baton"),
+            "timeout_seconds": 60,
+            "config": {
+                "identity_file": key,
+                "ssh_options": ["StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null",
+                                "IdentitiesOnly=yes", "LogLevel=ERROR"],
+            },
+        }}})
+        .to_string(),
+    )
+    .expect("write runtimes file");
+    let data = base.join("data");
+    let (server, url) = serve(&[
+        "--runtimes".as_ref(),
+        file.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+    ]);
+
+    let out = run(
+        &[
+            "workers",
+            "spawn",
+            "--url",
+            &url,
+            "--runtime",
+            "box",
+            "--tty",
+            "--cwd",
+            &ws.display().to_string(),
+            "--",
+            "sh",
+            "-c",
+            "[ -t 0 ] && echo tty-over-ssh; pwd; exit 4",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{out:?}");
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(id.starts_with("box/"), "{id}");
+    let out = run(&["attach", "--url", &url, &id], "");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("tty-over-ssh"), "{out:?}");
+    assert!(text.contains(&ws.display().to_string()), "{out:?}");
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+
+    let out = run(&["workers", "list", "--url", &url, "--json"], "");
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(listed.contains("\"box\""), "{listed}");
+    assert!(
+        !listed.contains(&port.to_string()),
+        "the ssh address is never exposed: {listed}"
+    );
+    drop(server);
+}
+
+/// A broken runtimes file stops `baton serve` with an error naming the field.
+#[test]
+fn a_bad_runtimes_file_is_refused_with_the_field_path() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = tmp.path().join("runtimes.json");
+    std::fs::write(
+        &file,
+        r#"{"runtimes": {"a": {"destination": "ws://127.0.0.1:1", "tokn": 1}}}"#,
+    )
+    .expect("write");
+    let out = baton()
+        .args(["serve", "--listen", "127.0.0.1:0", "--runtimes"])
+        .arg(&file)
+        .arg("--data")
+        .arg(tmp.path().join("data"))
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("runtimes.a") && err.contains("tokn"), "{err}");
 }

@@ -1,5 +1,7 @@
 //! Shared by the runner tests that start a real `baton` (exec server, ssh, S3 mounts).
 
+pub mod sshd;
+
 use std::path::{Path, PathBuf};
 
 /// The workspace's `baton` binary: `$BATON_BIN`, else `debug/baton` in the target directory

@@ -332,3 +332,118 @@ fn probed_directories_count_by_existence_only() {
         r.stdout
     );
 }
+
+/// A workspace with one package, `app`, whose `build` is
+/// `node check.js && node gen.js && node bundle.js`: `check` lists the package directory and
+/// reads `src/` (a type check: no outputs), `gen` reads `src/` and writes `gen/index.txt`, and
+/// `bundle` reads that and writes `dist/out.txt`. `gen/` and `dist/` appear in the directory
+/// `check` listed.
+fn three_item_build() -> Fixture {
+    Fixture::new(&[
+        (
+            "package.json",
+            r#"{ "name": "root", "private": true, "workspaces": ["packages/*"] }"#,
+        ),
+        (
+            "packages/app/package.json",
+            r#"{ "name": "app", "scripts": { "build": "node check.js && node gen.js && node bundle.js" } }"#,
+        ),
+        (
+            "packages/app/check.js",
+            r#"const fs = require("fs");
+const names = fs.readdirSync(".").filter((n) => n.endsWith(".js")).sort();
+for (const name of fs.readdirSync("src")) fs.readFileSync("src/" + name);
+console.log("checked", names.join(","));
+"#,
+        ),
+        (
+            "packages/app/gen.js",
+            r#"const fs = require("fs");
+let text = "";
+for (const name of fs.readdirSync("src").sort()) text += fs.readFileSync("src/" + name, "utf8");
+fs.mkdirSync("gen", { recursive: true });
+fs.writeFileSync("gen/index.txt", text.toUpperCase());
+"#,
+        ),
+        (
+            "packages/app/bundle.js",
+            r#"const fs = require("fs");
+const text = fs.readFileSync("gen/index.txt", "utf8");
+fs.mkdirSync("dist", { recursive: true });
+fs.writeFileSync("dist/out.txt", "bundle:" + text);
+console.log("bundled", text.length, "bytes");
+"#,
+        ),
+        ("packages/app/src/a.txt", "alpha\n"),
+    ])
+}
+
+/// In a traced `a && b && c` task, later items creating `gen/` and `dist/` in a directory item
+/// `a` listed do not invalidate `a`: the items are stored after the last one ran, and a directory
+/// holding any of the task's outputs is not a listing input. Run 2 is a full hit; deleting every
+/// output is a restore (item `c`'s input `gen/index.txt` is checked against what item `b`'s hit
+/// restores); a source change is a miss naming the file.
+#[test]
+fn multi_item_task_hits_on_the_second_run_and_restores() {
+    let f = three_item_build();
+    let cold = f.baton(&["run", "build", "-r"]);
+    assert_eq!(cold.code, 0, "{}", cold.snapshot());
+    assert!(cold.stdout.contains("0/3 cache hit"), "{}", cold.stdout);
+    assert!(!cold.stderr.contains("not cached"), "{}", cold.snapshot());
+    assert_eq!(f.read("packages/app/dist/out.txt"), "bundle:ALPHA\n");
+
+    let hit = f.baton(&["run", "build", "-r"]);
+    insta::assert_snapshot!("auto_items_hit", hit.snapshot());
+
+    // Every output deleted: both items restored, nothing runs again.
+    std::fs::remove_dir_all(f.root().join("packages/app/dist")).unwrap();
+    std::fs::remove_dir_all(f.root().join("packages/app/gen")).unwrap();
+    let restored = f.baton(&["run", "build", "-r", "-v"]);
+    assert!(
+        restored.stdout.contains("3/3 cache hit"),
+        "{}",
+        restored.snapshot()
+    );
+    assert!(
+        restored.stderr.contains("restored 1 output file(s)"),
+        "{}",
+        restored.snapshot()
+    );
+    assert_eq!(f.read("packages/app/gen/index.txt"), "ALPHA\n");
+    assert_eq!(f.read("packages/app/dist/out.txt"), "bundle:ALPHA\n");
+
+    // A real source changes: a miss naming it, then a hit again.
+    f.write("packages/app/src/a.txt", "beta\n");
+    let changed = f.baton(&["run", "build", "-r"]);
+    insta::assert_snapshot!("auto_items_changed", changed.snapshot());
+    assert_eq!(f.read("packages/app/dist/out.txt"), "bundle:BETA\n");
+    let hit = f.baton(&["run", "build", "-r"]);
+    assert!(hit.stdout.contains("3/3 cache hit"), "{}", hit.snapshot());
+}
+
+/// An item that read a file a later item of the same task writes saw state the task itself
+/// produced (on the next run it would read the previous run's output): the task is not cached,
+/// and says so.
+#[test]
+fn an_item_reading_what_a_later_item_writes_is_not_cached() {
+    let f = single(r#"{ "build": "node read.js && node write.js" }"#);
+    f.write(
+        "read.js",
+        r#"const fs = require("fs");
+console.log("saw", fs.existsSync("out.txt") ? fs.readFileSync("out.txt", "utf8") : "nothing");
+"#,
+    );
+    f.write(
+        "write.js",
+        r#"require("fs").writeFileSync("out.txt", "written");"#,
+    );
+    let first = f.baton(&["run", "build"]);
+    insta::assert_snapshot!("auto_items_read_later_output", first.snapshot());
+    let second = f.baton(&["run", "build"]);
+    assert!(second.stdout.contains("saw written"), "{}", second.stdout);
+    assert!(
+        second.stdout.contains("cache miss: not found in cache"),
+        "{}",
+        second.snapshot()
+    );
+}

@@ -4,7 +4,10 @@
 //! Each task's command items run in order; each item is looked up in the cache first:
 //! - hit: its outputs are restored (files already identical are skipped) and its logs replayed;
 //! - miss: it runs (own process group, output streamed to the [`Reporter`] and recorded), and on
-//!   exit 0 its outputs and logs are stored.
+//!   exit 0 its outputs and logs are stored: right away for a walked task, after the task's last
+//!   item for a traced one (so what a later item writes is known when an earlier item's inputs
+//!   are fingerprinted, and a directory holding any of the task's outputs is not a listing
+//!   input of any item).
 //!
 //! A task's inputs are its package's files (see [`crate::inputs`]) plus the outputs of the tasks it
 //! depends on, so a change that alters a dependency's output is a miss of the dependents naming the
@@ -575,7 +578,8 @@ pub enum InputMode {
 /// Every item is looked up first. When all hit, each is replayed (outputs restored, logs shown).
 /// Otherwise every item runs for real, in order: an item's effects outside its declared outputs
 /// (a `mkdir`, an `rm -rf`) are not in the cache, so replaying some items and running others
-/// could feed a later item a state no real run produces. Each item is stored separately.
+/// could feed a later item a state no real run produces. Each item is stored as an entry of
+/// its own; a traced task's items are stored together after the last one succeeded.
 async fn run_task(
     sh: &Arc<Shared>,
     index: usize,
@@ -728,6 +732,12 @@ async fn run_task(
         .iter()
         .position(|l| matches!(l, Lookup::Miss(_)))
         .map(|i| i + 1);
+    let traced = mode == Ok(InputMode::Traced);
+    // A traced task is stored after its last item (see [`store_traced`]), against the inputs
+    // known before its first item ran.
+    let task_pre = if traced { pre.clone() } else { None };
+    let mut pending: Vec<PendingItem> = Vec::new();
+    let mut refused = false;
     let mut pre_item = pre;
     for (item, prep) in preps.iter().enumerate().skip(first_to_run) {
         if sh.stop.is_cancelled() {
@@ -759,7 +769,7 @@ async fn run_task(
             item,
             prep,
             slot,
-            traced: mode == Ok(InputMode::Traced),
+            traced,
             paths: &input_paths_list,
             dep_inputs: &dep_inputs,
         };
@@ -767,6 +777,11 @@ async fn run_task(
         pre_item = post;
         stamp.update(&r.stamp.0);
         outputs.extend(r.outputs);
+        match r.deferred {
+            Deferred::None => {}
+            Deferred::Refused => refused = true,
+            Deferred::Pending(p) => pending.push(*p),
+        }
         let ok = r.result.exit_code == 0;
         sh.reporter.event(RunEvent::ItemEnd {
             task: index,
@@ -779,6 +794,25 @@ async fn run_task(
     }
     outputs.sort();
     outputs.dedup();
+    if let Some(pre) = task_pre.filter(|_| !refused && !pending.is_empty()) {
+        let sh2 = sh.clone();
+        let paths = input_paths_list.clone();
+        let deps = dep_inputs.clone();
+        let task_outputs = outputs.clone();
+        let note = tokio::task::spawn_blocking(move || {
+            store_traced(&sh2, &paths, &deps, &pre, pending, &task_outputs)
+        })
+        .await
+        .expect("store does not panic");
+        tracing::debug!(task = %task.id, stored = note.is_none(), "stored");
+        if let Some((item, message)) = note {
+            sh.reporter.event(RunEvent::Note {
+                task: index,
+                item,
+                message,
+            });
+        }
+    }
     (
         TaskOutcome {
             ok: true,
@@ -819,21 +853,49 @@ fn lookup_items(sh: &Shared, index: usize, deps: &DepInputs, traced: bool) -> Lo
     );
     let res: Result<Vec<Lookup>, String> = match &fp {
         Ok(fp) => {
-            let current = if traced {
-                CurrentInputs {
-                    known: fp,
-                    probe: Probe::With(&probe_fn),
-                    env: Some(&trackable),
-                }
-            } else {
-                CurrentInputs::complete(fp).with_env(&trackable)
-            };
+            // An item's traced inputs may be files an earlier item of the task wrote: they are
+            // checked against what that item's hit restores, not against the disk (where they
+            // may have been deleted, or be stale until the restore).
+            let mut restored: BTreeMap<String, PathState> = BTreeMap::new();
             (0..task.items.len())
                 .map(|item| {
                     let prep = prepare(sh, task, item);
-                    store
+                    let overlay = |paths: &[&str]| {
+                        let (over, rest): (Vec<&str>, Vec<&str>) =
+                            paths.iter().partition(|p| restored.contains_key(**p));
+                        let mut fp = probe_fn(&rest)?;
+                        for p in over {
+                            fp.insert(p, restored[p]);
+                        }
+                        Ok(fp)
+                    };
+                    let current = CurrentInputs {
+                        known: fp,
+                        probe: match (traced, restored.is_empty()) {
+                            (false, _) => Probe::Absent,
+                            (true, true) => Probe::With(&probe_fn),
+                            (true, false) => Probe::With(&overlay),
+                        },
+                        env: Some(&trackable),
+                    };
+                    let l = store
                         .lookup(&prep.task_key, &prep.spawn, &current)
-                        .map_err(|e| format!("cache lookup failed: {e}"))
+                        .map_err(|e| format!("cache lookup failed: {e}"))?;
+                    if let Lookup::Hit(hit) = &l {
+                        for o in hit.outputs() {
+                            match &o.kind {
+                                baton_cache::OutputKind::File { hash, .. } => {
+                                    restored
+                                        .insert(o.path.clone(), PathState::File { hash: *hash });
+                                }
+                                // A link is probed where it points, on disk.
+                                baton_cache::OutputKind::Symlink { .. } => {
+                                    restored.remove(&o.path);
+                                }
+                            }
+                        }
+                    }
+                    Ok(l)
                 })
                 .collect()
         }
@@ -909,6 +971,37 @@ struct ItemRun {
     result: ItemResult,
     outputs: Vec<String>,
     stamp: Digest,
+    /// For a traced item that ran: what to store once the task's last item has run.
+    deferred: Deferred,
+}
+
+/// What becomes of a traced item that ran, once its task's last item has run.
+enum Deferred {
+    /// Nothing to store (replayed, failed, walked, or not cacheable).
+    None,
+    /// It cannot be stored; the reason was reported. The task's other items are not stored
+    /// either (a task is replayed only when every item hits).
+    Refused,
+    /// Stored with the other items of the task by [`store_traced`].
+    Pending(Box<PendingItem>),
+}
+
+/// A traced item's result waiting for the task's last item.
+struct PendingItem {
+    /// Item index.
+    item: usize,
+    /// Cache task id (`pkg#task[i]`).
+    key: String,
+    spawn: SpawnFingerprint,
+    /// Traced input keys (workspace-relative; `dir/` = existence only).
+    inputs: Vec<String>,
+    /// Output paths (workspace-relative).
+    outputs: Vec<String>,
+    logs: Vec<LogChunk>,
+    duration: Duration,
+    reports: Option<crate::ipc::ToolReports>,
+    /// When the item started: an input modified later was changed under it.
+    started_at: std::time::SystemTime,
 }
 
 /// What a task's dependencies contribute to its inputs.
@@ -1180,8 +1273,15 @@ async fn run_item(
             outputs.retain(|p| before.get(p) != file_stat(&root.join(p)).as_ref());
         }
     }
-    let Some(pre) = pre.filter(|_| matches!(status, CacheStatus::Miss(_))) else {
+    if !matches!(status, CacheStatus::Miss(_)) {
         return (item_run(ctx, status, &run, duration, outputs, stamp), None);
+    }
+    // A walked item is stored right away, when its inputs did not change while it ran; a traced
+    // one after the task's last item (see [`store_traced`]).
+    let pre = match pre {
+        Some(pre) if !ctx.traced => pre,
+        _ if ctx.traced => InputFingerprint::default(),
+        _ => return (item_run(ctx, status, &run, duration, outputs, stamp), None),
     };
     // What tracing says, or why the result cannot be stored.
     let mut traced_inputs: Vec<String> = Vec::new();
@@ -1230,7 +1330,25 @@ async fn run_item(
             item,
             message,
         });
-        return (item_run(ctx, status, &run, duration, outputs, stamp), None);
+        let mut r = item_run(ctx, status, &run, duration, outputs, stamp);
+        r.deferred = Deferred::Refused;
+        return (r, None);
+    }
+    if ctx.traced {
+        let pending = PendingItem {
+            item,
+            key: prep.task_key.clone(),
+            spawn: prep.spawn.clone(),
+            inputs: traced_inputs,
+            outputs: outputs.clone(),
+            logs: run.logs.clone(),
+            duration,
+            reports,
+            started_at,
+        };
+        let mut r = item_run(ctx, status, &run, duration, outputs, stamp);
+        r.deferred = Deferred::Pending(Box::new(pending));
+        return (r, None);
     }
     let store = sh.store.clone().expect("a miss implies a store");
     let sh2 = sh.clone();
@@ -1239,7 +1357,6 @@ async fn run_item(
     let deps = ctx.dep_inputs.clone();
     let outs = outputs.clone();
     let key = prep.task_key.clone();
-    let traced = ctx.traced;
     let logs = run.logs.clone();
     let (note, post, st) = tokio::task::spawn_blocking(move || {
         let post = match fingerprint_inputs(&sh2, &paths, &deps) {
@@ -1260,29 +1377,6 @@ async fn run_item(
             );
         }
         let mut inputs = post.clone();
-        if traced {
-            // Fingerprinted now, after the run; a file changed by someone else while the task
-            // ran would store a state the task never saw, so such a run is not stored.
-            for p in traced_inputs.iter().filter(|p| !p.ends_with('/')) {
-                let changed = std::fs::symlink_metadata(sh2.ws.root.join(p))
-                    .and_then(|m| m.modified())
-                    .is_ok_and(|m| m > started_at);
-                if changed {
-                    return (
-                        Some(format!("not cached: '{p}' changed while the task ran")),
-                        Some(post),
-                        None,
-                    );
-                }
-            }
-            let root = &sh2.ws.root;
-            match fingerprint_traced(root, &traced_inputs, |files| {
-                store.fingerprint_paths(root, files)
-            }) {
-                Ok(fp) => inputs.extend(fp.paths),
-                Err(e) => return (Some(format!("not cached: {e}")), Some(post), None),
-            }
-        }
         if let Some(r) = &reports {
             r.record_env_inputs(&mut inputs);
         }
@@ -1295,9 +1389,9 @@ async fn run_item(
             logs: &logs,
             duration,
         };
-        let st = (!traced).then(|| result_stamp(&spawn, &inputs));
+        let st = result_stamp(&spawn, &inputs);
         match store.put(&entry) {
-            Ok(_) => (None, Some(post), st),
+            Ok(_) => (None, Some(post), Some(st)),
             Err(e) => (Some(format!("not cached: {e}")), Some(post), None),
         }
     })
@@ -1315,6 +1409,148 @@ async fn run_item(
         });
     }
     (item_run(ctx, status, &run, duration, outputs, stamp), post)
+}
+
+/// Stores the items of a traced task that all ran and succeeded, after the last one: every
+/// item's traced inputs are fingerprinted now, in the state the task left behind (the state
+/// the next run's lookup sees). Returns why nothing was stored, as `(item, note)`; on a refusal
+/// no item is stored (a task replays only when every item hits).
+///
+/// - The directories holding any of the task's outputs (`task_outputs`, every item's) are not
+///   inputs of any item: a restore recreates them, and a later item creating `dist/` in a
+///   directory an earlier item listed must not invalidate the earlier item.
+/// - An item that observed a path a later item writes saw state the task itself produces (the
+///   next run would see the previous run's output): nothing is stored.
+/// - The explicit inputs (`paths`, `deps`) must be as they were before the first item (`pre`).
+/// - A traced input modified after its item started was changed under it: nothing is stored.
+fn store_traced(
+    sh: &Shared,
+    paths: &[String],
+    deps: &DepInputs,
+    pre: &InputFingerprint,
+    items: Vec<PendingItem>,
+    task_outputs: &[String],
+) -> Option<(usize, String)> {
+    let first = items.first().map_or(0, |p| p.item);
+    let store = sh.store.as_ref().expect("a miss implies a store");
+    let post = match fingerprint_inputs(sh, paths, deps) {
+        Ok(post) => post,
+        Err(e) => return Some((first, format!("not cached: {e}"))),
+    };
+    if post != *pre {
+        let why = pre
+            .diff(&post)
+            .map(|r| reason_text(&r))
+            .unwrap_or_else(|| "inputs changed".into());
+        return Some((
+            first,
+            format!("not cached: an input changed during the run ({why})"),
+        ));
+    }
+    if let Some((reader, path, writer)) = cross_item_conflict(&items) {
+        return Some((
+            reader,
+            format!(
+                "not cached: item {} observed '{path}', which item {} of the task writes",
+                reader + 1,
+                writer + 1
+            ),
+        ));
+    }
+    let parents = output_parents(task_outputs);
+    let root = &sh.ws.root;
+    let mut entries = Vec::with_capacity(items.len());
+    for p in &items {
+        let keys: Vec<&str> = p
+            .inputs
+            .iter()
+            .map(String::as_str)
+            .filter(|k| !parents.contains(k.trim_end_matches('/')))
+            .collect();
+        // Fingerprinted now, after the run; a file changed by someone else while the task ran
+        // would store a state the task never saw, so such a run is not stored.
+        for k in keys.iter().filter(|k| !k.ends_with('/')) {
+            let changed = std::fs::symlink_metadata(root.join(k))
+                .and_then(|m| m.modified())
+                .is_ok_and(|m| m > p.started_at);
+            if changed {
+                return Some((
+                    p.item,
+                    format!("not cached: '{k}' changed while the task ran"),
+                ));
+            }
+        }
+        let mut inputs = post.clone();
+        match fingerprint_traced(root, &keys, |files| store.fingerprint_paths(root, files)) {
+            Ok(fp) => inputs.extend(fp.paths),
+            Err(e) => return Some((p.item, format!("not cached: {e}"))),
+        }
+        if let Some(r) = &p.reports {
+            r.record_env_inputs(&mut inputs);
+        }
+        entries.push(inputs);
+    }
+    for (p, inputs) in items.iter().zip(&entries) {
+        let entry = NewEntry {
+            task_id: &p.key,
+            spawn: &p.spawn,
+            inputs,
+            root,
+            outputs: &p.outputs,
+            logs: &p.logs,
+            duration: p.duration,
+        };
+        if let Err(e) = store.put(&entry) {
+            return Some((p.item, format!("not cached: {e}")));
+        }
+    }
+    None
+}
+
+/// Every directory above one of `outputs` (workspace-relative, `/`-separated).
+fn output_parents(outputs: &[String]) -> BTreeSet<&str> {
+    let mut parents = BTreeSet::new();
+    for o in outputs {
+        let mut rest = o.as_str();
+        while let Some(pos) = rest.rfind('/') {
+            rest = &rest[..pos];
+            if !parents.insert(rest) {
+                break;
+            }
+        }
+    }
+    parents
+}
+
+/// The first input of an item that a later item of the same task writes (the path itself, or a
+/// directory output holding it), as `(reader item, path, writer item)`: the reader saw state
+/// the task produces.
+fn cross_item_conflict(items: &[PendingItem]) -> Option<(usize, String, usize)> {
+    // Outputs of the items after the one being checked → the nearest item writing them.
+    let mut later: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut found = None;
+    for p in items.iter().rev() {
+        for input in &p.inputs {
+            let mut path = input.trim_end_matches('/');
+            loop {
+                if let Some(&w) = later.get(path) {
+                    found = Some((p.item, input.trim_end_matches('/').to_owned(), w));
+                    break;
+                }
+                match path.rfind('/') {
+                    Some(pos) => path = &path[..pos],
+                    None => break,
+                }
+            }
+            if found.as_ref().is_some_and(|f| f.0 == p.item) {
+                break;
+            }
+        }
+        for o in &p.outputs {
+            later.insert(o.as_str(), p.item);
+        }
+    }
+    found
 }
 
 fn item_run(
@@ -1338,6 +1574,7 @@ fn item_run(
         },
         outputs,
         stamp,
+        deferred: Deferred::None,
     }
 }
 
@@ -1393,6 +1630,7 @@ fn replay(
         },
         outputs: hit.outputs().iter().map(|o| o.path.clone()).collect(),
         stamp,
+        deferred: Deferred::None,
     }
 }
 

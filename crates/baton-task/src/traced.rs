@@ -13,7 +13,8 @@
 //!   it is not cached (the path is printed);
 //! - removed or renamed away and not recreated: neither;
 //! - a directory that holds an output is not an input, even if it was listed (a restore
-//!   recreates it).
+//!   recreates it). In a task of several items the scheduler applies this again over the outputs
+//!   of every item, when it stores the task after its last item.
 //!
 //! Paths outside the workspace (the toolchain, `/tmp`) are not tracked.
 

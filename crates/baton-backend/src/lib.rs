@@ -20,7 +20,8 @@
 //! Ids are percent-encoded path segments (1..=256 bytes, no control characters; else 400
 //! `backend.bad_id`). Errors are `{"error": code, "message", "diagnostics": [{code, severity,
 //! message}]}` with 400 (bad id/body), 401 (no token), 403 (wrong token), 404 (unknown runtime,
-//! worker or route), 500 (event log), 501 (unsupported capability), 502 (runtime unavailable).
+//! worker or route), 500 (event log), 501 (unsupported capability), 502 (runtime unavailable),
+//! 504 (runtime timed out).
 //!
 //! | route | body | response |
 //! |---|---|---|
@@ -55,12 +56,20 @@
 //! `snapshot`.
 //!
 //! # Runtimes
-//! Runner sessions (`baton-runner`) spawn with piped stdin only (no pty, no interrupt), so the
-//! local runtime uses `baton-exec` directly behind the [`Runtime`] trait; a runner-backed
-//! runtime implements the same trait. [`ExecServerRuntime`] runs workers on a remote exec
-//! server through `baton-client` (reconnect + session resume without losing output; a dropped
-//! connection shows up as `backend.upstream_disconnect` / `backend.upstream_reconnected`
-//! diagnostic events of the running workers).
+//! A runtime is a runner session (DESIGN.md §3/§4). [`RunnerRuntime`] runs workers as commands
+//! of a `baton-runner` session at any destination: `local:DIR`, a remote exec server
+//! (`ws://`, Baton's or Codex's) or ssh (`ssh://HOST/PATH`, `baton exec-server --listen stdio`
+//! over ssh). Runtimes are registered with `--runtime NAME=DESTINATION` or a runtimes file
+//! ([`RuntimesFile`], [`build_runtime`]); a token is a secret reference (`token_secret`,
+//! resolved from `BATON_SECRET_<ID>`), never a value in a file. The session opens in the
+//! background: a runtime that is down shows `state: "unavailable"` (spawn → 502
+//! `backend.runtime_unavailable`, retried on each spawn), one that does not answer within its
+//! timeout gives 504 `backend.runtime_timeout`; error messages have the destination's address
+//! replaced by `<runtime>`. A remote session that reconnects gives its running workers
+//! `backend.upstream_disconnect` / `backend.upstream_reconnected` diagnostic events and loses
+//! no output (exec-server session resume). The embedded default runtime, [`LocalRuntime`],
+//! runs workers on this host with `baton-exec` directly (host pid, killing signal, the
+//! backend's environment).
 
 mod api;
 mod backend;

@@ -104,6 +104,8 @@ pub fn validate_id(what: &str, id: &str) -> Result<(), ApiError> {
 struct Worker {
     summary: Mutex<WorkerSummary>,
     control: Mutex<Option<Arc<dyn WorkerControl>>>,
+    /// The transcript projection of earlier requests (see [`Projection`]).
+    transcript: Mutex<Option<Projection>>,
 }
 
 struct Inner {
@@ -182,6 +184,7 @@ impl Backend {
             let worker = Arc::new(Worker {
                 summary: Mutex::new(summary),
                 control: Mutex::new(None),
+                transcript: Mutex::new(None),
             });
             lock(&backend.inner.workers).insert((row.runtime_id, row.worker_id), worker.clone());
             if was_running {
@@ -377,6 +380,7 @@ impl Backend {
         let worker = Arc::new(Worker {
             summary: Mutex::new(summary),
             control: Mutex::new(Some(control.clone())),
+            transcript: Mutex::new(None),
         });
         lock(&self.inner.workers).insert((runtime_id.to_owned(), worker_id), worker.clone());
         let env_names: Vec<&String> = request.env.keys().collect();
@@ -492,16 +496,18 @@ impl Backend {
         start: u64,
         limit: Option<usize>,
     ) -> Result<Transcript, ApiError> {
-        self.find(runtime_id, worker_id)?;
+        let worker = self.find(runtime_id, worker_id)?;
         let limit = limit
             .unwrap_or(DEFAULT_TRANSCRIPT_LIMIT)
             .min(MAX_TRANSCRIPT_LIMIT);
         let log = self.inner.log.clone();
         let (rt, w) = (runtime_id.to_owned(), worker_id.to_owned());
-        tokio::task::spawn_blocking(move || project_transcript(&log, &rt, &w, start, limit))
-            .await
-            .map_err(|e| ApiError::new(500, "backend.internal", e.to_string()))?
-            .map_err(ApiError::log)
+        tokio::task::spawn_blocking(move || {
+            project_transcript(&log, &worker, &rt, &w, start, limit)
+        })
+        .await
+        .map_err(|e| ApiError::new(500, "backend.internal", e.to_string()))?
+        .map_err(ApiError::log)
     }
 
     /// Kills every running worker's process tree (call on shutdown).
@@ -629,81 +635,146 @@ async fn pump(backend: Backend, worker: Arc<Worker>, mut events: Box<dyn WorkerE
     lock(&worker.control).take();
 }
 
+/// A worker's transcript projection, kept between requests and extended with the events
+/// appended since (so a request reads only what is new). Dropped when retention pruned the
+/// worker's events (rebuilt from what is left) or when it grows past
+/// [`MAX_CACHED_TRANSCRIPT_BYTES`] (then rebuilt per request).
+#[derive(Debug, Default)]
+struct Projection {
+    items: Vec<TranscriptItem>,
+    /// Unfinished line per role and the sequence of its last event.
+    partial: BTreeMap<&'static str, String>,
+    last_seq: u64,
+    pruned_through: u64,
+    bytes: usize,
+}
+
+/// Above this many bytes of transcript text a worker's projection is not kept in memory.
+const MAX_CACHED_TRANSCRIPT_BYTES: usize = 32 << 20;
+
+impl Projection {
+    fn push(&mut self, role: &str, content: String, seq: u64) {
+        self.bytes += content.len();
+        self.items.push(TranscriptItem {
+            sequence: self.items.len() as u64,
+            role: role.to_owned(),
+            content,
+            event_id: Cursor(seq).to_string(),
+        });
+    }
+
+    fn apply(&mut self, e: &LoggedEvent) {
+        self.last_seq = e.sequence;
+        match e.payload["type"].as_str() {
+            Some("input") => {
+                let role = e.payload["kind"].as_str().unwrap_or("user").to_owned();
+                let content = e.payload["content"].as_str().unwrap_or_default().to_owned();
+                self.push(&role, content, e.sequence);
+            }
+            Some("output") => {
+                let role = if e.payload["stream"].as_str() == Some("stderr") {
+                    "stderr"
+                } else {
+                    "assistant"
+                };
+                let mut buf = self.partial.remove(role).unwrap_or_default();
+                buf.push_str(e.payload["text"].as_str().unwrap_or_default());
+                while let Some(i) = buf.find('\n') {
+                    let mut line: String = buf.drain(..=i).collect();
+                    line.pop();
+                    if line.ends_with('\r') {
+                        line.pop();
+                    }
+                    self.push(role, line, e.sequence);
+                }
+                if !buf.is_empty() {
+                    self.partial.insert(role, buf);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Reads and applies every event of the worker after `last_seq`.
+    fn catch_up(
+        &mut self,
+        log: &EventLog,
+        runtime_id: &str,
+        worker_id: &str,
+    ) -> Result<(), LogError> {
+        loop {
+            let page = log.read_after(runtime_id, worker_id, self.last_seq, u64::MAX, 2000)?;
+            if page.is_empty() {
+                return Ok(());
+            }
+            for e in &page {
+                self.apply(e);
+            }
+        }
+    }
+
+    /// Items `start..start+limit` of the projection, unfinished lines counted as items.
+    fn page(&self, start: u64, limit: usize, diagnostics: Vec<Diagnostic>) -> Transcript {
+        let tail: Vec<TranscriptItem> = self
+            .partial
+            .iter()
+            .enumerate()
+            .map(|(i, (role, text))| TranscriptItem {
+                sequence: (self.items.len() + i) as u64,
+                role: (*role).to_owned(),
+                content: text.clone(),
+                event_id: Cursor(self.last_seq).to_string(),
+            })
+            .collect();
+        let total = (self.items.len() + tail.len()) as u64;
+        let from = start.min(total) as usize;
+        let page: Vec<TranscriptItem> = self
+            .items
+            .iter()
+            .chain(tail.iter())
+            .skip(from)
+            .take(limit)
+            .cloned()
+            .collect();
+        let end = from as u64 + page.len() as u64;
+        Transcript {
+            items: page,
+            total_items: total,
+            next_start: (end < total).then_some(end),
+            cursor: (self.last_seq > 0).then(|| Cursor(self.last_seq).to_string()),
+            diagnostics,
+        }
+    }
+}
+
 fn project_transcript(
     log: &EventLog,
+    worker: &Worker,
     runtime_id: &str,
     worker_id: &str,
     start: u64,
     limit: usize,
 ) -> Result<Transcript, LogError> {
-    let mut items: Vec<TranscriptItem> = Vec::new();
-    let mut partial: BTreeMap<String, String> = BTreeMap::new();
-    let push = |items: &mut Vec<TranscriptItem>, role: &str, content: String, seq: u64| {
-        let n = items.len() as u64;
-        items.push(TranscriptItem {
-            sequence: n,
-            role: role.to_owned(),
-            content,
-            event_id: Cursor(seq).to_string(),
-        });
+    let pruned = log.pruned_through(runtime_id, worker_id)?;
+    let mut cached = lock(&worker.transcript);
+    let mut projection = match cached.take() {
+        Some(p) if p.pruned_through == pruned => p,
+        _ => Projection {
+            pruned_through: pruned,
+            ..Projection::default()
+        },
     };
-    let mut after = 0;
-    let mut last_seq = 0;
-    loop {
-        let page = log.read_after(runtime_id, worker_id, after, u64::MAX, 2000)?;
-        let Some(last) = page.last() else { break };
-        after = last.sequence;
-        for e in &page {
-            last_seq = e.sequence;
-            match e.payload["type"].as_str() {
-                Some("input") => {
-                    let role = e.payload["kind"].as_str().unwrap_or("user");
-                    let content = e.payload["content"].as_str().unwrap_or_default().to_owned();
-                    push(&mut items, role, content, e.sequence);
-                }
-                Some("output") => {
-                    let stream = e.payload["stream"].as_str().unwrap_or("stdout");
-                    let role = if stream == "stderr" {
-                        "stderr"
-                    } else {
-                        "assistant"
-                    };
-                    let buf = partial.entry(role.to_owned()).or_default();
-                    buf.push_str(e.payload["text"].as_str().unwrap_or_default());
-                    while let Some(i) = buf.find('\n') {
-                        let mut line: String = buf.drain(..=i).collect();
-                        line.pop();
-                        if line.ends_with('\r') {
-                            line.pop();
-                        }
-                        push(&mut items, role, line, e.sequence);
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    for (role, rest) in partial {
-        if !rest.is_empty() {
-            push(&mut items, &role, rest, last_seq);
-        }
-    }
+    projection.catch_up(log, runtime_id, worker_id)?;
     let mut diagnostics = Vec::new();
-    if log.pruned_through(runtime_id, worker_id)? > 0 {
+    if pruned > 0 {
         diagnostics.push(Diagnostic::warning(
             "backend.transcript_truncated",
             "retention removed the beginning of this worker's events",
         ));
     }
-    let total = items.len() as u64;
-    let from = start.min(total) as usize;
-    let page: Vec<TranscriptItem> = items.into_iter().skip(from).take(limit).collect();
-    let end = from as u64 + page.len() as u64;
-    Ok(Transcript {
-        items: page,
-        total_items: total,
-        next_start: (end < total).then_some(end),
-        cursor: (last_seq > 0).then(|| Cursor(last_seq).to_string()),
-        diagnostics,
-    })
+    let transcript = projection.page(start, limit, diagnostics);
+    if projection.bytes <= MAX_CACHED_TRANSCRIPT_BYTES {
+        *cached = Some(projection);
+    }
+    Ok(transcript)
 }

@@ -388,3 +388,76 @@ async fn non_loopback_bind_needs_a_token() {
     .expect_err("must refuse");
     assert!(matches!(err, baton_backend::ServeError::TokenRequired(_)));
 }
+
+/// The transcript is kept between requests and extended with new events: an unfinished line is
+/// an item until it completes, input lands where it was recorded, and a backend restarted on
+/// the same data (a fresh projection) answers exactly the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transcript_grows_between_requests_like_a_fresh_projection() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(data.path(), Retention::default(), None);
+    let addr = server.addr;
+    let summary = spawn_worker(
+        addr,
+        json!({"argv": ["sh", "-c", "printf 'one\\ntw'; read x; printf 'o\\nthree\\n'; read y"]}),
+    )
+    .await;
+    let w = summary["worker_id"].as_str().expect("worker id").to_owned();
+    let path = format!("/api/runtimes/local/workers/{w}/transcript");
+    let items = |t: &serde_json::Value| -> Vec<(String, String)> {
+        t["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|i| {
+                (
+                    i["role"].as_str().unwrap_or("").to_owned(),
+                    i["content"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect()
+    };
+    let pair = |r: &str, c: &str| (r.to_owned(), c.to_owned());
+
+    let mut ws = observe(addr, "local", &w, Some("bo_0000000000000000")).await;
+    events_until(&mut ws, |p| {
+        p["type"] == "output" && p["text"].as_str().is_some_and(|t| t.ends_with("tw"))
+    })
+    .await;
+    let (_, first) = http(addr, "GET", &path, None, None).await;
+    assert_eq!(
+        items(&first),
+        vec![pair("assistant", "one"), pair("assistant", "tw")]
+    );
+
+    let (status, _) = http(
+        addr,
+        "POST",
+        &format!("/api/runtimes/local/workers/{w}/input"),
+        Some(r#"{"kind":"user","content":"go"}"#),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    events_until(&mut ws, |p| {
+        p["type"] == "output" && p["text"].as_str().is_some_and(|t| t.contains("three"))
+    })
+    .await;
+    let (_, second) = http(addr, "GET", &path, None, None).await;
+    let expected = vec![
+        pair("assistant", "one"),
+        pair("user", "go"),
+        pair("assistant", "two"),
+        pair("assistant", "three"),
+    ];
+    assert_eq!(items(&second), expected);
+    let (_, paged) = http(addr, "GET", &format!("{path}?start=2&limit=1"), None, None).await;
+    assert_eq!(items(&paged), vec![pair("assistant", "two")]);
+    assert_eq!(paged["next_start"], 3);
+    drop(ws);
+    server.kill();
+
+    let again = TestServer::start(data.path(), Retention::default(), None);
+    let (_, fresh) = http(again.addr, "GET", &path, None, None).await;
+    assert_eq!(items(&fresh), expected);
+}

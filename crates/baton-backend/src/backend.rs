@@ -16,6 +16,7 @@ use crate::log::{EventLog, LogError, LoggedEvent, Retention, WorkerRow, now_ms};
 use crate::runtime::{
     Runtime, RuntimeError, WorkerControl, WorkerEvents, WorkerOutput, WorkerSpec,
 };
+use baton_protocol::backend::codes;
 
 /// Default number of transcript items per page.
 pub const DEFAULT_TRANSCRIPT_LIMIT: usize = 256;
@@ -79,7 +80,7 @@ impl ApiError {
     fn log(e: LogError) -> Self {
         Self::new(
             500,
-            "backend.event_log_failed",
+            codes::EVENT_LOG_FAILED,
             format!("{e}: {:?}", std::error::Error::source(&e)),
         )
     }
@@ -94,7 +95,7 @@ pub fn validate_id(what: &str, id: &str) -> Result<(), ApiError> {
     if id.is_empty() || id.len() > MAX_ID_LEN || id.chars().any(char::is_control) {
         return Err(ApiError::new(
             400,
-            "backend.bad_id",
+            codes::BAD_ID,
             format!("{what} id must be 1 to {MAX_ID_LEN} bytes without control characters"),
         ));
     }
@@ -195,7 +196,7 @@ impl Backend {
                     json!({"type": "status", "state": "lost", "status": "lost"})
                 })?;
                 backend.record_with(&worker, |_| {
-                    json!({"type": "diagnostic", "code": "backend.worker_lost", "severity": "warning",
+                    json!({"type": "diagnostic", "code": codes::WORKER_LOST, "severity": "warning",
                            "message": "the backend stopped while this worker ran; its process tree was killed"})
                 })?;
             }
@@ -242,7 +243,7 @@ impl Backend {
         self.inner.runtimes.get(runtime_id).cloned().ok_or_else(|| {
             ApiError::new(
                 404,
-                "backend.runtime_not_found",
+                codes::RUNTIME_NOT_FOUND,
                 format!("no runtime {runtime_id:?}"),
             )
         })
@@ -257,7 +258,7 @@ impl Backend {
             .ok_or_else(|| {
                 ApiError::new(
                     404,
-                    "backend.worker_not_found",
+                    codes::WORKER_NOT_FOUND,
                     format!("no worker {worker_id:?} in runtime {runtime_id:?}"),
                 )
             })
@@ -311,14 +312,14 @@ impl Backend {
         if request.argv.is_empty() || request.argv[0].is_empty() {
             return Err(ApiError::new(
                 400,
-                "backend.bad_request",
+                codes::BAD_REQUEST,
                 "argv must not be empty",
             ));
         }
         if request.tty && !runtime.capabilities().tty {
             return Err(ApiError::new(
                 501,
-                "backend.unsupported",
+                codes::UNSUPPORTED,
                 format!("runtime {runtime_id:?} cannot run workers on a pty"),
             ));
         }
@@ -327,7 +328,7 @@ impl Backend {
             Some(c) => {
                 return Err(ApiError::new(
                     400,
-                    "backend.bad_request",
+                    codes::BAD_REQUEST,
                     format!("cwd must be absolute, got {c:?}"),
                 ));
             }
@@ -345,11 +346,11 @@ impl Backend {
         };
         let (control, events) = runtime.spawn(spec).await.map_err(|e| match e {
             RuntimeError::Invalid { message, .. } => {
-                ApiError::new(400, "backend.spawn_failed", message)
+                ApiError::new(400, codes::SPAWN_FAILED, message)
             }
-            RuntimeError::Unsupported(m) => ApiError::new(501, "backend.unsupported", m),
-            RuntimeError::Unavailable(m) => ApiError::new(502, "backend.runtime_unavailable", m),
-            RuntimeError::Timeout(m) => ApiError::new(504, "backend.runtime_timeout", m),
+            RuntimeError::Unsupported(m) => ApiError::new(501, codes::UNSUPPORTED, m),
+            RuntimeError::Unavailable(m) => ApiError::new(502, codes::RUNTIME_UNAVAILABLE, m),
+            RuntimeError::Timeout(m) => ApiError::new(504, codes::RUNTIME_TIMEOUT, m),
         })?;
         let number = match self.inner.log.next_worker_number(runtime_id) {
             Ok(n) => n,
@@ -436,10 +437,10 @@ impl Backend {
             if let Err(e) = control.write_stdin(&bytes).await {
                 let message = format!("input {} was not delivered: {e}", Cursor(event.sequence));
                 let _ = self.record_with(&worker, |_| {
-                    json!({"type": "diagnostic", "code": "backend.input_not_delivered",
+                    json!({"type": "diagnostic", "code": codes::INPUT_NOT_DELIVERED,
                            "severity": "warning", "message": message})
                 });
-                return Ok(refused_by_runtime("backend.input_not_delivered", &e));
+                return Ok(refused_by_runtime(codes::INPUT_NOT_DELIVERED, &e));
             }
         }
         Ok(accepted(&event))
@@ -476,7 +477,7 @@ impl Backend {
         match action {
             Lifecycle::Cancel => {
                 if let Err(e) = control.interrupt().await {
-                    return Ok(refused_by_runtime("backend.signal_failed", &e));
+                    return Ok(refused_by_runtime(codes::SIGNAL_FAILED, &e));
                 }
             }
             Lifecycle::Stop => control.terminate().await,
@@ -506,7 +507,7 @@ impl Backend {
             project_transcript(&log, &worker, &rt, &w, start, limit)
         })
         .await
-        .map_err(|e| ApiError::new(500, "backend.internal", e.to_string()))?
+        .map_err(|e| ApiError::new(500, codes::INTERNAL, e.to_string()))?
         .map_err(ApiError::log)
     }
 
@@ -569,11 +570,7 @@ fn accepted(event: &LoggedEvent) -> OperationResult {
 }
 
 fn rejected(message: &str) -> OperationResult {
-    refused(
-        OperationState::Rejected,
-        "backend.worker_not_running",
-        message,
-    )
+    refused(OperationState::Rejected, codes::WORKER_NOT_RUNNING, message)
 }
 
 /// A refusal with one warning diagnostic.
@@ -589,9 +586,7 @@ fn refused(state: OperationState, code: &str, message: &str) -> OperationResult 
 /// runtime cannot do it at all, else `rejected` with `code`.
 fn refused_by_runtime(code: &str, e: &RuntimeError) -> OperationResult {
     match e {
-        RuntimeError::Unsupported(m) => {
-            refused(OperationState::Unsupported, "backend.unsupported", m)
-        }
+        RuntimeError::Unsupported(m) => refused(OperationState::Unsupported, codes::UNSUPPORTED, m),
         other => refused(OperationState::Rejected, code, &other.to_string()),
     }
 }
@@ -768,7 +763,7 @@ fn project_transcript(
     let mut diagnostics = Vec::new();
     if pruned > 0 {
         diagnostics.push(Diagnostic::warning(
-            "backend.transcript_truncated",
+            codes::TRANSCRIPT_TRUNCATED,
             "retention removed the beginning of this worker's events",
         ));
     }

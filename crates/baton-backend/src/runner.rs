@@ -28,6 +28,7 @@ use crate::api::RuntimeCapabilities;
 use crate::runtime::{
     Runtime, RuntimeError, WorkerControl, WorkerEvents, WorkerOutput, WorkerSpec,
 };
+use baton_protocol::backend::codes;
 
 /// How often a worker's event pump samples the session's connection state.
 const CONNECTION_POLL: Duration = Duration::from_millis(100);
@@ -314,13 +315,13 @@ impl WorkerEvents for RunnerWorkerEvents {
                     self.connected = now;
                     return Some(if now {
                         WorkerOutput::Diagnostic {
-                            code: "backend.upstream_reconnected".into(),
+                            code: codes::UPSTREAM_RECONNECTED.into(),
                             severity: "info",
                             message: "the connection to the runtime is back; output resumes without loss".into(),
                         }
                     } else {
                         WorkerOutput::Diagnostic {
-                            code: "backend.upstream_disconnect".into(),
+                            code: codes::UPSTREAM_DISCONNECT.into(),
                             severity: "warning",
                             message: "the connection to the runtime dropped; reconnecting".into(),
                         }

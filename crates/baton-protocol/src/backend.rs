@@ -70,6 +70,10 @@ pub mod codes {
     pub const UNSUPPORTED: &str = "backend.unsupported";
     /// 502 / WebSocket: the runtime cannot be reached.
     pub const RUNTIME_UNAVAILABLE: &str = "backend.runtime_unavailable";
+    /// 504: the runtime did not answer in time (opening its session or starting a worker).
+    pub const RUNTIME_TIMEOUT: &str = "backend.runtime_timeout";
+    /// `rejected` cancel: the interrupt could not be delivered to the worker.
+    pub const SIGNAL_FAILED: &str = "backend.signal_failed";
     /// 400: the worker could not be started (e.g. the program was not found).
     pub const SPAWN_FAILED: &str = "backend.spawn_failed";
     /// `rejected` operation: the worker is no longer running.

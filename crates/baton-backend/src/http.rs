@@ -1,9 +1,21 @@
 //! The HTTP/WebSocket front (axum): routes of DESIGN.md §3, bearer-token auth, the observation
-//! WebSocket.
+//! WebSocket, and optional TLS.
+//!
+//! # TLS
+//! With [`ServeOptions::tls`] set ([`TlsConfig::from_pem_files`]: a PEM certificate chain and
+//! its PEM private key), [`serve`] speaks HTTPS and WSS on the same routes: rustls (TLS 1.2 and
+//! 1.3, the `ring` provider, ALPN `http/1.1`) in front of the same axum router. Handshakes run
+//! concurrently with accepting (each bounded by [`TLS_HANDSHAKE_TIMEOUT`]), so a slow or broken
+//! client never holds up the others; a failed handshake is logged at debug level and the server
+//! keeps serving. A client that speaks plain HTTP to the TLS port gets a plain `400` answer
+//! with the `backend.tls_required` error body, then the connection closes. The loopback/token
+//! rule of [`bind`] is the same with or without TLS.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -13,9 +25,15 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::de::DeserializeOwned;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 
 use crate::api::{
     ErrorBody, EventEnvelope, FrameDiagnostic, LifecycleRequest, RuntimeList, WorkerList, WsFrame,
@@ -36,6 +54,152 @@ pub struct ServeOptions {
     /// Required bearer token (`Authorization: Bearer <token>`); mandatory for a non-loopback
     /// bind. Requests without it get 401, with a different token 403.
     pub token: Option<String>,
+    /// Serve HTTPS/WSS with this certificate and key instead of plain HTTP/WS.
+    pub tls: Option<TlsConfig>,
+}
+
+/// Longest time a client may take to complete the TLS handshake (or, on the TLS port, to send
+/// a plain HTTP request head) before its connection is dropped.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The server side of TLS: a certificate chain and its private key, ready for rustls.
+///
+/// Cheap to clone (the rustls configuration is shared).
+#[derive(Clone)]
+pub struct TlsConfig {
+    config: Arc<rustls::ServerConfig>,
+}
+
+impl std::fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConfig").finish_non_exhaustive()
+    }
+}
+
+/// Errors of [`TlsConfig::from_pem_files`] and [`TlsConfig::from_pem`]; each names the file
+/// (or, for in-memory PEM, which argument) at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsConfigError {
+    /// The certificate or key file cannot be read.
+    #[error("cannot read {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The certificate PEM holds no `CERTIFICATE` section.
+    #[error("no PEM certificate (-----BEGIN CERTIFICATE-----) in {origin}")]
+    NoCertificate {
+        /// The file path, or `certificate PEM`.
+        origin: String,
+    },
+    /// A `CERTIFICATE` section is malformed.
+    #[error("invalid PEM certificate in {origin}")]
+    Certificate {
+        /// The file path, or `certificate PEM`.
+        origin: String,
+        /// The PEM error.
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    /// The key PEM holds no usable private key (PKCS#8, PKCS#1 or SEC1).
+    #[error("no usable PEM private key (PKCS#8, PKCS#1 or SEC1) in {origin}")]
+    Key {
+        /// The file path, or `key PEM`.
+        origin: String,
+        /// The PEM error.
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    /// rustls refused the pair (the key does not match the certificate, unsupported key type,
+    /// …).
+    #[error("the certificate in {cert} and the key in {key} cannot be used together")]
+    Rejected {
+        /// Where the certificate came from.
+        cert: String,
+        /// Where the key came from.
+        key: String,
+        /// The rustls error.
+        #[source]
+        source: rustls::Error,
+    },
+}
+
+impl TlsConfig {
+    /// Reads a PEM certificate chain (leaf first, then intermediates) from `cert` and a PEM
+    /// private key (PKCS#8, PKCS#1 or SEC1) from `key`.
+    ///
+    /// # Errors
+    /// [`TlsConfigError`], naming the file at fault.
+    pub fn from_pem_files(cert: &FsPath, key: &FsPath) -> Result<Self, TlsConfigError> {
+        let read = |path: &FsPath| {
+            std::fs::read(path).map_err(|source| TlsConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })
+        };
+        let (cert_pem, key_pem) = (read(cert)?, read(key)?);
+        Self::build(
+            &cert_pem,
+            &cert.display().to_string(),
+            &key_pem,
+            &key.display().to_string(),
+        )
+    }
+
+    /// As [`TlsConfig::from_pem_files`] from PEM text in memory.
+    ///
+    /// # Errors
+    /// [`TlsConfigError`] (origins `certificate PEM` / `key PEM`).
+    pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<Self, TlsConfigError> {
+        Self::build(cert_pem, "certificate PEM", key_pem, "key PEM")
+    }
+
+    fn build(
+        cert_pem: &[u8],
+        cert_origin: &str,
+        key_pem: &[u8],
+        key_origin: &str,
+    ) -> Result<Self, TlsConfigError> {
+        let chain = CertificateDer::pem_slice_iter(cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| TlsConfigError::Certificate {
+                origin: cert_origin.to_owned(),
+                source,
+            })?;
+        if chain.is_empty() {
+            return Err(TlsConfigError::NoCertificate {
+                origin: cert_origin.to_owned(),
+            });
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|source| TlsConfigError::Key {
+            origin: key_origin.to_owned(),
+            source,
+        })?;
+        let rejected = |source| TlsConfigError::Rejected {
+            cert: cert_origin.to_owned(),
+            key: key_origin.to_owned(),
+            source,
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(rejected)?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(rejected)?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self {
+            config: Arc::new(config),
+        })
+    }
+
+    /// The rustls server configuration (for embedding the router in another TLS server).
+    pub fn rustls_config(&self) -> Arc<rustls::ServerConfig> {
+        self.config.clone()
+    }
 }
 
 /// Errors of [`bind`] and [`serve`].
@@ -68,8 +232,9 @@ pub async fn bind(addr: SocketAddr, options: &ServeOptions) -> Result<TcpListene
         .map_err(|source| ServeError::Io { addr, source })
 }
 
-/// Serves the API on `listener` until the future is dropped or accepting fails, applying the
-/// event log's retention every minute. Workers keep running after a client disconnects; call
+/// Serves the API on `listener` (HTTPS/WSS when [`ServeOptions::tls`] is set, else plain
+/// HTTP/WS) until the future is dropped or accepting fails, applying the event log's retention
+/// every minute. Workers keep running after a client disconnects; call
 /// [`Backend::shutdown`] to kill them.
 ///
 /// # Errors
@@ -96,11 +261,164 @@ pub async fn serve(
             }
         }
     });
-    let result = axum::serve(listener, router(backend, options))
-        .await
-        .map_err(|source| ServeError::Io { addr, source });
+    let tls = options.tls.clone();
+    let app = router(backend, options);
+    let result = match tls {
+        None => axum::serve(listener, app).await,
+        Some(tls) => axum::serve(TlsListener::new(listener, &tls), app).await,
+    }
+    .map_err(|source| ServeError::Io { addr, source });
     retention.abort();
     result
+}
+
+/// A TLS-terminated connection handed to axum, with the peer address.
+type Accepted = (TlsStream<TcpStream>, SocketAddr);
+
+/// An [`axum::serve::Listener`] yielding TLS streams: a background task accepts TCP
+/// connections and runs each handshake in its own task (a slow client never blocks accepting).
+struct TlsListener {
+    local: Option<SocketAddr>,
+    accepted: mpsc::Receiver<Accepted>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TlsListener {
+    fn new(listener: TcpListener, tls: &TlsConfig) -> Self {
+        let local = listener.local_addr().ok();
+        let (tx, accepted) = mpsc::channel(64);
+        let acceptor = TlsAcceptor::from(tls.rustls_config());
+        let task = tokio::spawn(accept_tls(listener, acceptor, tx));
+        Self {
+            local,
+            accepted,
+            task,
+        }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.accepted.recv().await {
+            Some(accepted) => accepted,
+            // The accept task only ends when the listener is dropped.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.local
+            .ok_or_else(|| std::io::Error::other("the listener has no local address"))
+    }
+}
+
+/// Accepts TCP connections forever, handshaking each in a task of its own (aborted with this
+/// task) and passing the established streams to `tx`.
+async fn accept_tls(listener: TcpListener, acceptor: TlsAcceptor, tx: mpsc::Sender<Accepted>) {
+    let mut handshakes = tokio::task::JoinSet::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    accept_error(e).await;
+                    continue;
+                }
+            },
+            Some(_) = handshakes.join_next() => continue,
+        };
+        let (acceptor, tx) = (acceptor.clone(), tx.clone());
+        handshakes.spawn(async move {
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake(tcp, &acceptor)).await {
+                Ok(Ok(Some(stream))) => {
+                    let _ = tx.send((stream, peer)).await;
+                }
+                Ok(Ok(None)) => {
+                    tracing::debug!(%peer, "plain HTTP on the TLS port answered with 400");
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        });
+    }
+}
+
+/// Like axum's own listener: per-connection errors are skipped, others (e.g. out of file
+/// descriptors) are logged and retried after a pause.
+async fn accept_error(e: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "accept failed");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// The first byte of a TLS connection: a handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Runs the TLS handshake; a client that sent plain HTTP instead gets a 400 answer and `None`.
+async fn handshake(
+    tcp: TcpStream,
+    acceptor: &TlsAcceptor,
+) -> std::io::Result<Option<TlsStream<TcpStream>>> {
+    let mut first = [0u8; 1];
+    if tcp.peek(&mut first).await? == 1 && first[0] != TLS_HANDSHAKE_RECORD {
+        answer_plain_http(tcp).await?;
+        return Ok(None);
+    }
+    acceptor.accept(tcp).await.map(Some)
+}
+
+/// Largest plain-HTTP request read (and discarded) on the TLS port.
+const PLAIN_REQUEST_LIMIT: usize = 64 * 1024;
+
+/// Answers a plain HTTP request on the TLS port with `400 backend.tls_required`. The request is
+/// read first and the rest drained after the answer, so closing does not reset the connection
+/// before the client read the answer.
+async fn answer_plain_http(mut tcp: TcpStream) -> std::io::Result<()> {
+    let mut request = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < PLAIN_REQUEST_LIMIT {
+        let n = tcp.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        request.extend_from_slice(&buf[..n]);
+    }
+    let error = ApiError::new(
+        400,
+        "backend.tls_required",
+        "this backend only speaks HTTPS; use an https:// (or wss://) URL",
+    );
+    let body = serde_json::to_string(&error_body(error)).unwrap_or_default();
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(answer.as_bytes()).await?;
+    tcp.shutdown().await?;
+    let mut drained = request.len();
+    while drained < PLAIN_REQUEST_LIMIT {
+        let n = tcp.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        drained += n;
+    }
+    Ok(())
 }
 
 #[derive(Clone)]
@@ -138,12 +456,15 @@ pub fn router(backend: Backend, options: ServeOptions) -> Router {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = ErrorBody {
-            error: self.diagnostic.code.clone(),
-            message: self.diagnostic.message.clone(),
-            diagnostics: vec![self.diagnostic],
-        };
-        (status, axum::Json(body)).into_response()
+        (status, axum::Json(error_body(self))).into_response()
+    }
+}
+
+fn error_body(error: ApiError) -> ErrorBody {
+    ErrorBody {
+        error: error.diagnostic.code.clone(),
+        message: error.diagnostic.message.clone(),
+        diagnostics: vec![error.diagnostic],
     }
 }
 

@@ -15,6 +15,12 @@
 //!   `backend.cursor_unknown_or_expired`.
 //! - [`router`] / [`serve`] / [`bind`]: the axum front with bearer-token auth ([`ServeOptions`];
 //!   a non-loopback bind requires a token).
+//! - TLS: with [`ServeOptions::tls`] ([`TlsConfig::from_pem_files`], PEM certificate chain and
+//!   key; rustls with the `ring` provider) the same routes are served as HTTPS and the
+//!   observation WebSocket as WSS; a plain-HTTP request to the TLS port gets 400
+//!   `backend.tls_required`. `baton serve --tls-cert FILE --tls-key FILE` turns it on. The
+//!   bearer token is only as private as the transport: serve TLS (or stay on loopback) when
+//!   one is set.
 //!
 //! # Routes
 //! Ids are percent-encoded path segments (1..=256 bytes, no control characters; else 400
@@ -92,7 +98,9 @@ pub use backend::{
 };
 pub use config::{ConfigError, RuntimeEntry, RuntimesFile, build_runtime, parse_runtime_flag};
 pub use cursor::{Cursor, CursorError};
-pub use http::{ServeError, ServeOptions, bind, router, serve};
+pub use http::{
+    ServeError, ServeOptions, TLS_HANDSHAKE_TIMEOUT, TlsConfig, TlsConfigError, bind, router, serve,
+};
 pub use log::{CursorCheck, EventLog, LogError, LoggedEvent, Retention, WorkerRow};
 pub use runner::{DEFAULT_RUNNER_TIMEOUT, RunnerRuntime};
 pub use runtime::{

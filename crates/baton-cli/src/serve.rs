@@ -1,9 +1,11 @@
 //! `baton serve` (the backend of DESIGN.md §3, crate `baton-backend`), `baton workers …` and
 //! `baton attach RUNTIME/WORKER` (clients of it, `baton_client::backend`).
 //!
-//! `baton serve` prints only the bound `http://HOST:PORT` line on stdout; logs go to stderr.
-//! Clients find the backend with `--url` (or `BATON_BACKEND_URL`, default
-//! `http://127.0.0.1:8787`) and the token with `--token-file` (or `BATON_BACKEND_TOKEN`).
+//! `baton serve` prints only the bound `http://HOST:PORT` line on stdout (`https://HOST:PORT`
+//! with `--tls-cert`/`--tls-key`); logs go to stderr. Clients find the backend with `--url` (or
+//! `BATON_BACKEND_URL`, default `http://127.0.0.1:8787`), the token with `--token-file` (or
+//! `BATON_BACKEND_TOKEN`) and, for an `https://` backend whose certificate is not from a public
+//! CA, the CA bundle with `--ca-file` (or `BATON_BACKEND_CA`).
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -14,7 +16,8 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use baton_backend::{Backend, BackendConfig, Retention, ServeOptions};
 use baton_client::backend::{
-    BackendEvent, BackendHttp, BackendObserver, BackendTarget, ObserveOptions, decode_cursor,
+    BackendEvent, BackendHttp, BackendObserver, BackendTarget, BackendTls, ObserveOptions,
+    decode_cursor,
 };
 use tokio::io::AsyncBufReadExt as _;
 
@@ -53,6 +56,12 @@ pub struct ServeArgs {
     /// config?, timeout_seconds?, …}}}`; see ARCHITECTURE.md / `baton_backend::RuntimesFile`).
     #[arg(long = "runtimes", value_name = "FILE")]
     pub runtimes_file: Option<PathBuf>,
+    /// Serve HTTPS/WSS with this PEM certificate chain (leaf first); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Where the backend is (shared by `workers` and `attach`).
@@ -64,6 +73,10 @@ pub struct BackendAddr {
     /// File holding the bearer token (else `BATON_BACKEND_TOKEN`).
     #[arg(long, global = true, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// PEM bundle of extra CA certificates trusted for an https:// backend (besides the
+    /// built-in public roots).
+    #[arg(long, global = true, env = "BATON_BACKEND_CA", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Arguments of `baton workers`.
@@ -145,6 +158,13 @@ fn token(addr: &BackendAddr) -> anyhow::Result<Option<String>> {
         .filter(|t| !t.is_empty()))
 }
 
+fn tls(addr: &BackendAddr) -> anyhow::Result<BackendTls> {
+    Ok(match &addr.ca_file {
+        Some(f) => BackendTls::from_ca_file(f)?,
+        None => BackendTls::default(),
+    })
+}
+
 fn split_worker(s: &str) -> anyhow::Result<(String, String)> {
     match s.split_once('/') {
         Some((rt, w)) if !rt.is_empty() && !w.is_empty() => Ok((rt.to_owned(), w.to_owned())),
@@ -170,6 +190,10 @@ pub fn serve_main(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 .to_owned(),
         ),
         None => None,
+    };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(baton_backend::TlsConfig::from_pem_files(cert, key)?),
+        _ => None,
     };
     let mut config = BackendConfig::new(&args.data);
     config.retention = Retention {
@@ -213,10 +237,11 @@ pub fn serve_main(args: ServeArgs) -> anyhow::Result<ExitCode> {
             extra.push(r);
         }
         let backend = Backend::open(config, extra).context("cannot open the backend")?;
-        let options = ServeOptions { token };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let options = ServeOptions { token, tls };
         let listener = baton_backend::bind(args.listen, &options).await?;
         let addr = listener.local_addr().context("bound address")?;
-        println!("http://{addr}");
+        println!("{scheme}://{addr}");
         std::io::stdout().flush().ok();
         tracing::info!(%addr, log = %backend.log_path().display(), "backend listening");
         let result = tokio::select! {
@@ -230,7 +255,8 @@ pub fn serve_main(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
 /// `baton workers …`.
 pub fn workers_main(args: WorkersArgs) -> anyhow::Result<ExitCode> {
-    let http = BackendHttp::new(&args.backend.url, token(&args.backend)?)?;
+    let http =
+        BackendHttp::new(&args.backend.url, token(&args.backend)?)?.with_tls(tls(&args.backend)?);
     runtime()?.block_on(async move {
         match args.command {
             WorkersCommand::List { json } => {
@@ -319,6 +345,7 @@ pub fn attach_main(args: AttachArgs) -> anyhow::Result<ExitCode> {
     let (rt, w) = split_worker(&args.worker)?;
     let mut target = BackendTarget::new(args.backend.url.clone(), rt, w);
     target.token = token(&args.backend)?;
+    target.tls = tls(&args.backend)?;
     let options = ObserveOptions {
         max_reconnects: 20,
         transcript_limit: args.history,

@@ -281,3 +281,136 @@ fn a_bad_runtimes_file_is_refused_with_the_field_path() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("runtimes.a") && err.contains("tokn"), "{err}");
 }
+
+/// Writes a throwaway CA (`ca.pem`) and a server certificate it signed for `127.0.0.1` and
+/// `localhost` (`cert.pem`, `key.pem`) into `dir`.
+fn write_tls_files(dir: &std::path::Path) {
+    let ca_key = rcgen::KeyPair::generate().expect("ca key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "baton cli test CA");
+    let ca = ca_params.self_signed(&ca_key).expect("ca cert");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().expect("server key");
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+        .expect("server params")
+        .signed_by(&key, &issuer)
+        .expect("server cert");
+    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write ca");
+    std::fs::write(dir.join("cert.pem"), cert.pem()).expect("write cert");
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).expect("write key");
+}
+
+/// `baton serve --tls-cert --tls-key` prints an `https://` URL; `workers` and `attach` reach it
+/// with `--ca-file` (or `BATON_BACKEND_CA`) and refuse it without; bad TLS flags or files stop
+/// `baton serve` with the file named.
+#[test]
+fn serve_over_tls_with_ca_file() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    write_tls_files(tmp.path());
+    let (ca, cert, key) = (
+        tmp.path().join("ca.pem"),
+        tmp.path().join("cert.pem"),
+        tmp.path().join("key.pem"),
+    );
+    let ca_arg = ca.display().to_string();
+    let data = tmp.path().join("data");
+    let mut child = baton()
+        .args(["serve", "--listen", "127.0.0.1:0", "--tls-cert"])
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .arg("--data")
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn baton serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let server = Server(child);
+    let mut url = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut url)
+        .expect("url line");
+    let url = url.trim().to_owned();
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+
+    let out = run(
+        &[
+            "workers",
+            "spawn",
+            "--ca-file",
+            &ca_arg,
+            "--url",
+            &url,
+            "--",
+            "sh",
+            "-c",
+            "echo hello-over-tls; read x; echo got:$x; exit 7",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{out:?}");
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(id, "local/w1");
+
+    let out = run(
+        &["attach", "--url", &url, "--ca-file", &ca_arg, &id],
+        "typed\n",
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("hello-over-tls"), "{out:?}");
+    assert!(text.contains("got:typed"), "{out:?}");
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+
+    let out = baton()
+        .env("BATON_BACKEND_CA", &ca)
+        .args(["workers", "list", "--url", &url])
+        .output()
+        .expect("run");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("local/w1\texited"),
+        "{out:?}"
+    );
+
+    // Without the CA the certificate is refused, with the reason.
+    let out = run(&["workers", "list", "--url", &url], "");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid peer certificate"), "{err}");
+    // A plain http:// URL to the TLS port is told to use https.
+    let plain = url.replacen("https://", "http://", 1);
+    let out = run(&["workers", "list", "--url", &plain], "");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("backend.tls_required"), "{err}");
+    drop(server);
+
+    // A missing key file is named; a certificate without its key is a usage error.
+    let missing = tmp.path().join("missing-key.pem");
+    let out = baton()
+        .args(["serve", "--listen", "127.0.0.1:0", "--tls-cert"])
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&missing)
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .expect("run");
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("missing-key.pem"), "{err}");
+    let out = baton()
+        .args(["serve", "--listen", "127.0.0.1:0", "--tls-cert"])
+        .arg(&cert)
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .expect("run");
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--tls-key"),
+        "{out:?}"
+    );
+}

@@ -17,10 +17,22 @@
 //! The wire types (transcript, operation results, diagnostics, cursors) are those of
 //! [`baton_protocol::backend`], re-exported here; the server uses the same definitions.
 //!
-//! Plain `http://`/`ws://` only: this build has no TLS, so an `https://` target is accepted by
-//! validation but its requests fail with [`BackendClientError::TlsUnsupported`].
-//! The HTTP requests are minimal HTTP/1.1 (`Connection: close`) over a Tokio TCP stream.
+//! # Transport
+//! The HTTP requests are minimal HTTP/1.1 (`Connection: close`) over a Tokio TCP stream; the
+//! observation is a WebSocket (`tokio-tungstenite`) over the same kind of stream. An
+//! `https://` base URL makes both TLS (HTTPS and `wss://`; rustls, TLS 1.2/1.3, the `ring`
+//! provider, ALPN `http/1.1`). The server certificate must chain to a root of [`BackendTls`]:
+//! the Mozilla roots of `webpki-roots` always, plus the extra CA certificates it was given
+//! ([`BackendTls::from_ca_file`], e.g. the private CA of a self-hosted `baton serve
+//! --tls-cert`). An IP-address host (`https://127.0.0.1:8787`) is checked against the
+//! certificate's IP SANs, a name against its DNS SANs. A failed handshake is
+//! [`BackendClientError::Tls`] from [`BackendHttp`] and a `client.tls_failed` diagnostic from
+//! [`BackendObserver`] (not retried when the certificate was refused).
 
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 pub use baton_protocol::backend::{
@@ -30,8 +42,11 @@ pub use baton_protocol::backend::{
 use baton_protocol::backend::{LifecycleRequest, codes};
 use baton_rpc::tokio_tungstenite;
 use futures::{SinkExt as _, StreamExt as _};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
@@ -50,6 +65,9 @@ pub struct BackendTarget {
     pub worker_id: String,
     /// Bearer token sent as `Authorization: Bearer …`, if the backend requires one.
     pub token: Option<String>,
+    /// Which certificate authorities an `https://` backend may present (default: the
+    /// `webpki-roots` Mozilla roots).
+    pub tls: BackendTls,
 }
 
 impl BackendTarget {
@@ -64,7 +82,15 @@ impl BackendTarget {
             runtime_id: runtime_id.into(),
             worker_id: worker_id.into(),
             token: None,
+            tls: BackendTls::default(),
         }
+    }
+
+    /// The same target trusting `tls` for `https://`.
+    #[must_use]
+    pub fn with_tls(mut self, tls: BackendTls) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// `runtime/worker`, for messages.
@@ -164,15 +190,294 @@ pub fn decode_cursor(cursor: &str) -> Option<u64> {
     Cursor::parse(cursor).ok().map(Cursor::sequence)
 }
 
+/// Which certificate authorities `https://` and `wss://` connections to a backend trust: the
+/// Mozilla roots of `webpki-roots` always, plus any extra CA certificates (PEM, e.g. the
+/// private CA that signed a self-hosted backend's certificate).
+///
+/// Cheap to clone; two values are equal when they hold the same extra certificates.
+#[derive(Clone, Default)]
+pub struct BackendTls {
+    extra_roots: Vec<CertificateDer<'static>>,
+    /// Built from `extra_roots` when there are any; `None` uses the shared default.
+    config: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for BackendTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendTls")
+            .field("extra_roots", &self.extra_roots.len())
+            .finish()
+    }
+}
+
+impl PartialEq for BackendTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.extra_roots == other.extra_roots
+    }
+}
+
+impl Eq for BackendTls {}
+
+impl BackendTls {
+    /// Trusts the `webpki-roots` roots and every `CERTIFICATE` in `pem` (a CA bundle).
+    ///
+    /// # Errors
+    /// [`BackendClientError::CaBundle`] (origin `CA PEM`) when the PEM is malformed, holds no
+    /// certificate, or a certificate cannot be a trust anchor.
+    pub fn with_ca_pem(pem: &[u8]) -> Result<Self, BackendClientError> {
+        Self::build(pem, "CA PEM")
+    }
+
+    /// As [`BackendTls::with_ca_pem`] with the bundle read from `path`.
+    ///
+    /// # Errors
+    /// [`BackendClientError::CaBundle`] naming the file, also when it cannot be read.
+    pub fn from_ca_file(path: &Path) -> Result<Self, BackendClientError> {
+        let origin = path.display().to_string();
+        let pem = std::fs::read(path).map_err(|source| BackendClientError::CaBundle {
+            origin: origin.clone(),
+            source,
+        })?;
+        Self::build(&pem, &origin)
+    }
+
+    /// Number of extra CA certificates (beyond the `webpki-roots` roots).
+    pub fn extra_ca_count(&self) -> usize {
+        self.extra_roots.len()
+    }
+
+    fn build(pem: &[u8], origin: &str) -> Result<Self, BackendClientError> {
+        let invalid = |e: String| BackendClientError::CaBundle {
+            origin: origin.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        };
+        let extra_roots = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid(format!("invalid PEM: {e}")))?;
+        if extra_roots.is_empty() {
+            return Err(invalid(
+                "no PEM certificate (-----BEGIN CERTIFICATE-----) found".into(),
+            ));
+        }
+        let config = client_config(&extra_roots).map_err(|e| invalid(e.to_string()))?;
+        Ok(Self {
+            extra_roots,
+            config: Some(config),
+        })
+    }
+
+    /// The rustls client configuration for these roots.
+    fn config(&self) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+        static DEFAULT: OnceLock<Result<Arc<rustls::ClientConfig>, rustls::Error>> =
+            OnceLock::new();
+        match &self.config {
+            Some(c) => Ok(c.clone()),
+            None => DEFAULT.get_or_init(|| client_config(&[])).clone(),
+        }
+    }
+}
+
+/// A rustls client configuration (ring provider, safe default protocol versions, ALPN
+/// `http/1.1`) trusting the `webpki-roots` roots plus `extra`.
+fn client_config(
+    extra: &[CertificateDer<'static>],
+) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    for cert in extra {
+        roots.add(cert.clone())?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Where a base URL points: scheme, host and port to connect to, and the path prefix.
+struct Endpoint {
+    tls: bool,
+    /// Host without IPv6 brackets (for DNS and the TLS server name).
+    host: String,
+    port: u16,
+    /// `host[:port]` as written (the `Host` header).
+    authority: String,
+    /// The base URL's path (no trailing `/`), prefixed to every request path.
+    prefix: String,
+}
+
+impl Endpoint {
+    fn parse(base_url: &str) -> Result<Self, BackendClientError> {
+        validate_base(base_url)?;
+        let base = base_url.trim_end_matches('/');
+        let (tls, rest) = match base.strip_prefix("https://") {
+            Some(rest) => (true, rest),
+            None => (false, base.strip_prefix("http://").unwrap_or(base)),
+        };
+        let (authority, prefix) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        let default_port = if tls { 443 } else { 80 };
+        let bad_port =
+            || BackendClientError::InvalidTarget(format!("bad port in backend URL {base_url:?}"));
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (host, after) = v6.split_once(']').ok_or_else(|| {
+                BackendClientError::InvalidTarget(format!("unclosed [ in backend URL {base_url:?}"))
+            })?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => p.parse().map_err(|_| bad_port())?,
+                None if after.is_empty() => default_port,
+                None => return Err(bad_port()),
+            };
+            (host, port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((host, p)) => (host, p.parse().map_err(|_| bad_port())?),
+                None => (authority, default_port),
+            }
+        };
+        Ok(Self {
+            tls,
+            host: host.to_owned(),
+            port,
+            authority: authority.to_owned(),
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    /// Opens a TCP connection and, for `https://`, completes the TLS handshake.
+    ///
+    /// `url` names the request in errors.
+    async fn connect(
+        &self,
+        tls: &BackendTls,
+        url: &str,
+    ) -> Result<BackendStream, BackendClientError> {
+        let tcp = TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(|source| BackendClientError::Io {
+                url: url.to_owned(),
+                source,
+            })?;
+        if !self.tls {
+            return Ok(BackendStream::Plain(tcp));
+        }
+        let tls_error = |source| BackendClientError::Tls {
+            url: url.to_owned(),
+            source,
+        };
+        let config = tls
+            .config()
+            .map_err(|e| tls_error(std::io::Error::other(e)))?;
+        let name = ServerName::try_from(self.host.clone()).map_err(|_| {
+            BackendClientError::InvalidTarget(format!(
+                "{:?} is not a valid TLS server name",
+                self.host
+            ))
+        })?;
+        let stream = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(tls_error)?;
+        Ok(BackendStream::Tls(Box::new(stream)))
+    }
+}
+
+/// A connection to a backend: plain TCP, or TLS over TCP.
+enum BackendStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for BackendStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for BackendStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Whether `e` (from a TLS handshake) is a TLS-level refusal, such as an untrusted certificate,
+/// rather than a network failure; such a failure is not retried.
+fn is_tls_refusal(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+}
+
+/// `e` and its sources joined with `: ` (for diagnostic messages).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 /// Errors of backend calls.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendClientError {
     /// The target (URL or ids) is invalid.
     #[error("invalid backend target: {0}")]
     InvalidTarget(String),
-    /// `https://` targets need TLS, which this build does not include.
-    #[error("https backends are not supported by this build")]
-    TlsUnsupported,
+    /// The extra CA bundle ([`BackendTls`]) cannot be read or used.
+    #[error("cannot use the CA bundle {origin}")]
+    CaBundle {
+        /// The file path, or `CA PEM`.
+        origin: String,
+        /// Why (I/O error, or `InvalidData` with the PEM/rustls problem).
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TLS handshake with an `https://` backend failed: its certificate is not trusted or
+    /// does not name the host, no common protocol version, or the connection broke mid-way.
+    #[error("tls handshake with the backend at {url} failed")]
+    Tls {
+        /// The URL.
+        url: String,
+        /// The handshake error (for a refused certificate it wraps a `rustls::Error`, e.g.
+        /// `invalid peer certificate: UnknownIssuer`).
+        #[source]
+        source: std::io::Error,
+    },
     /// Connecting or talking to the backend failed.
     #[error("cannot reach the backend at {url}")]
     Io {
@@ -260,24 +565,34 @@ impl Default for ObserveOptions {
     }
 }
 
-/// Minimal HTTP/1.1 JSON calls to a backend.
+/// Minimal HTTP/1.1 JSON calls to a backend, over TLS for an `https://` base URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendHttp {
     base_url: String,
     token: Option<String>,
+    tls: BackendTls,
 }
 
 impl BackendHttp {
-    /// A client for `base_url` (validated) with an optional bearer token.
+    /// A client for `base_url` (validated) with an optional bearer token, trusting the
+    /// default roots ([`BackendTls::default`]) for `https://`.
     ///
     /// # Errors
     /// [`BackendClientError::InvalidTarget`].
     pub fn new(base_url: &str, token: Option<String>) -> Result<Self, BackendClientError> {
-        validate_base(base_url)?;
+        Endpoint::parse(base_url)?;
         Ok(Self {
             base_url: base_url.trim_end_matches('/').to_owned(),
             token,
+            tls: BackendTls::default(),
         })
+    }
+
+    /// The same client trusting `tls` (e.g. [`BackendTls::from_ca_file`]) for `https://`.
+    #[must_use]
+    pub fn with_tls(mut self, tls: BackendTls) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// `method path` with an optional JSON body; returns the decoded JSON of a 2xx answer.
@@ -292,29 +607,13 @@ impl BackendHttp {
         body: Option<&Value>,
     ) -> Result<Value, BackendClientError> {
         let url = format!("{}{path}", self.base_url);
-        let rest = self
-            .base_url
-            .strip_prefix("http://")
-            .ok_or(BackendClientError::TlsUnsupported)?;
-        let (authority, prefix) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, ""),
-        };
-        let host_port = if authority
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        {
-            authority.to_owned()
-        } else {
-            format!("{authority}:80")
-        };
+        let endpoint = Endpoint::parse(&self.base_url)?;
         let io = |source| BackendClientError::Io {
             url: url.clone(),
             source,
         };
-        let mut stream = tokio::net::TcpStream::connect(&host_port)
-            .await
-            .map_err(io)?;
+        let mut stream = endpoint.connect(&self.tls, &url).await?;
+        let (authority, prefix) = (&endpoint.authority, &endpoint.prefix);
         let body = body.map(Value::to_string).unwrap_or_default();
         let auth = self
             .token
@@ -327,11 +626,19 @@ impl BackendHttp {
         );
         stream.write_all(request.as_bytes()).await.map_err(io)?;
         let mut raw = Vec::new();
-        (&mut stream)
+        let read = (&mut stream)
             .take(MAX_RESPONSE as u64)
             .read_to_end(&mut raw)
-            .await
-            .map_err(io)?;
+            .await;
+        match read {
+            Ok(_) => {}
+            // A TLS peer that closed without close_notify: fine once the answer is complete.
+            Err(e)
+                if e.kind() == std::io::ErrorKind::UnexpectedEof
+                    && endpoint.tls
+                    && response_complete(&raw) => {}
+            Err(e) => return Err(io(e)),
+        }
         let (status, body) =
             parse_response(&raw).ok_or_else(|| BackendClientError::Malformed(url.clone()))?;
         if !(200..300).contains(&status) {
@@ -449,6 +756,33 @@ impl BackendHttp {
     }
 }
 
+/// Whether `raw` holds a whole response: a chunked body with its last chunk, or at least
+/// `content-length` body bytes.
+fn response_complete(raw: &[u8]) -> bool {
+    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let Ok(head) = std::str::from_utf8(&raw[..end]) else {
+        return false;
+    };
+    let length = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse::<usize>().ok())?
+    });
+    let chunked = head.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    match length {
+        _ if chunked => parse_response(raw).is_some(),
+        Some(n) => raw.len() - (end + 4) >= n,
+        // A body delimited by the close itself: a truncation could not be told apart.
+        None => false,
+    }
+}
+
 fn parse_response(raw: &[u8]) -> Option<(u16, Vec<u8>)> {
     let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = std::str::from_utf8(&raw[..end]).ok()?;
@@ -513,7 +847,8 @@ impl BackendObserver {
         options: ObserveOptions,
     ) -> Result<Self, BackendClientError> {
         target.validate()?;
-        let http = BackendHttp::new(&target.base_url, target.token.clone())?;
+        let http =
+            BackendHttp::new(&target.base_url, target.token.clone())?.with_tls(target.tls.clone());
         let (tx, events) = mpsc::unbounded_channel();
         let mut cursor = None;
         if options.transcript_limit > 0 {
@@ -530,7 +865,11 @@ impl BackendObserver {
                 Err(e) => {
                     let _ = tx.send(diag(
                         "client.transcript_unavailable",
-                        format!("transcript of {} unavailable: {e}", target.display_label()),
+                        format!(
+                            "transcript of {} unavailable: {}",
+                            target.display_label(),
+                            error_chain(&e)
+                        ),
                     ));
                 }
             }
@@ -557,7 +896,8 @@ impl BackendObserver {
         cursor: &str,
     ) -> Result<Self, BackendClientError> {
         target.validate()?;
-        let http = BackendHttp::new(&target.base_url, target.token.clone())?;
+        let http =
+            BackendHttp::new(&target.base_url, target.token.clone())?.with_tls(target.tls.clone());
         let (tx, events) = mpsc::unbounded_channel();
         let task = tokio::spawn(observe_loop(
             target.clone(),
@@ -731,13 +1071,6 @@ async fn observe_once(
     last: &mut u64,
     tx: &mpsc::UnboundedSender<BackendEvent>,
 ) -> Connection {
-    if target.base_url.starts_with("https://") {
-        let _ = tx.send(diag(
-            "client.tls_unsupported",
-            "https backends are not supported by this build",
-        ));
-        return Connection::Stop;
-    }
     let url = target.observation_url(cursor.as_deref());
     let mut request = match url.as_str().into_client_request() {
         Ok(r) => r,
@@ -751,7 +1084,39 @@ async fn observe_once(
     {
         request.headers_mut().insert("authorization", v);
     }
-    let mut ws = match tokio_tungstenite::connect_async(request).await {
+    let endpoint = match Endpoint::parse(&target.base_url) {
+        Ok(e) => e,
+        Err(e) => {
+            let _ = tx.send(diag("client.ws_connect_failed", error_chain(&e)));
+            return Connection::Stop;
+        }
+    };
+    let stream = match endpoint.connect(&target.tls, &url).await {
+        Ok(s) => s,
+        Err(e) => {
+            let refused =
+                matches!(&e, BackendClientError::Tls { source, .. } if is_tls_refusal(source));
+            let code = if matches!(e, BackendClientError::Tls { .. }) {
+                "client.tls_failed"
+            } else {
+                "client.ws_connect_failed"
+            };
+            let _ = tx.send(diag(
+                code,
+                format!(
+                    "cannot observe {}: {}",
+                    target.display_label(),
+                    error_chain(&e)
+                ),
+            ));
+            return if refused || matches!(e, BackendClientError::InvalidTarget(_)) {
+                Connection::Stop
+            } else {
+                Connection::Dropped { delivered: false }
+            };
+        }
+    };
+    let mut ws = match tokio_tungstenite::client_async(request, stream).await {
         Ok((ws, _)) => ws,
         Err(e) => {
             let _ = tx.send(diag(

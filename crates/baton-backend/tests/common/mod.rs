@@ -45,7 +45,10 @@ impl TestServer {
                 .enable_all()
                 .build()
                 .expect("runtime");
-            let options = ServeOptions { token };
+            let options = ServeOptions {
+                token,
+                ..ServeOptions::default()
+            };
             rt.block_on(async {
                 let mut config = BackendConfig::new(&data);
                 config.retention = retention;

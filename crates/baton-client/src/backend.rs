@@ -1263,6 +1263,81 @@ mod tests {
     }
 
     #[test]
+    fn endpoints_from_base_urls() {
+        let e = Endpoint::parse("https://backend.example:8443/prefix/").expect("parse");
+        assert!(e.tls);
+        assert_eq!(
+            (
+                e.host.as_str(),
+                e.port,
+                e.authority.as_str(),
+                e.prefix.as_str()
+            ),
+            ("backend.example", 8443, "backend.example:8443", "/prefix")
+        );
+        let e = Endpoint::parse("https://h").expect("parse");
+        assert_eq!((e.tls, e.port, e.prefix.as_str()), (true, 443, ""));
+        let e = Endpoint::parse("http://h").expect("parse");
+        assert_eq!((e.tls, e.port), (false, 80));
+        let e = Endpoint::parse("https://[::1]:9000").expect("parse");
+        assert_eq!((e.host.as_str(), e.port), ("::1", 9000));
+        assert_eq!(e.authority, "[::1]:9000");
+        let e = Endpoint::parse("http://[::1]").expect("parse");
+        assert_eq!((e.host.as_str(), e.port), ("::1", 80));
+        for bad in [
+            "http://h:port",
+            "http://h:99999",
+            "https://[::1",
+            "https://[::1]x",
+        ] {
+            assert!(
+                matches!(
+                    Endpoint::parse(bad),
+                    Err(BackendClientError::InvalidTarget(_))
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn ca_bundles_are_checked() {
+        let err = BackendTls::with_ca_pem(b"").expect_err("empty");
+        assert!(
+            matches!(&err, BackendClientError::CaBundle { origin, .. } if origin == "CA PEM"),
+            "{err:?}"
+        );
+        let err =
+            BackendTls::with_ca_pem(b"-----BEGIN CERTIFICATE-----\n%%%\n").expect_err("malformed");
+        assert!(error_chain(&err).contains("invalid PEM"), "{err:?}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("nope.pem");
+        let err = BackendTls::from_ca_file(&missing).expect_err("missing");
+        assert!(err.to_string().contains("nope.pem"), "{err}");
+        assert_eq!(BackendTls::default(), BackendTls::default());
+        assert_eq!(BackendTls::default().extra_ca_count(), 0);
+        BackendTls::default().config().expect("default roots");
+    }
+
+    #[test]
+    fn complete_responses() {
+        assert!(response_complete(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+        ));
+        assert!(!response_complete(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n{}"
+        ));
+        assert!(response_complete(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+        ));
+        assert!(!response_complete(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n"
+        ));
+        assert!(!response_complete(b"HTTP/1.1 200 OK\r\n\r\n{}"));
+        assert!(!response_complete(b"HTTP/1.1 200"));
+    }
+
+    #[test]
     fn parses_plain_and_chunked_responses() {
         let plain = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
         assert_eq!(parse_response(plain), Some((200, b"{}".to_vec())));

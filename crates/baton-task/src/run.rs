@@ -604,10 +604,9 @@ async fn run_task(
     dep_inputs.files.dedup();
     dep_inputs.stamps.sort();
     let dep_inputs = Arc::new(dep_inputs);
-    let preps: Vec<Prepared> = (0..task.items.len())
-        .map(|i| prepare(sh, task, i))
-        .collect();
     let cacheable = sh.store.is_some() && task.config.cache != Some(false) && mode.is_ok();
+    // Prepared by the lookup when there is one (once per item, on the blocking pool).
+    let mut preps: Vec<Prepared> = Vec::new();
 
     // Phase 1: look every item up.
     let mut lookups: Vec<Lookup> = Vec::new();
@@ -652,8 +651,17 @@ async fn run_task(
                 .expect("lookup does not panic")
             }
         };
-        let (Looked { paths, fp, res }, r) = looked;
+        let (
+            Looked {
+                preps: p,
+                paths,
+                fp,
+                res,
+            },
+            r,
+        ) = looked;
         tracing::debug!(task = %task.id, inputs = paths.len(), "looked up");
+        preps = p;
         input_paths_list = Arc::new(paths);
         pre = fp;
         restores = r;
@@ -663,6 +671,11 @@ async fn run_task(
         }
     }
 
+    if preps.is_empty() {
+        preps = (0..task.items.len())
+            .map(|i| prepare(sh, task, i))
+            .collect();
+    }
     let mut results = Vec::new();
     let mut outputs: Vec<String> = Vec::new();
     let mut stamp = blake3::Hasher::new();
@@ -827,6 +840,9 @@ async fn run_task(
 
 /// The result of looking every item of a task up.
 struct Looked {
+    /// Every item, prepared (environment, spawn fingerprint): what the lookup used, reused to
+    /// replay or run.
+    preps: Vec<Prepared>,
     /// Input paths known before the run (see [`input_paths`]).
     paths: Vec<String>,
     /// Their fingerprint (with dependency stamps), if it could be taken.
@@ -851,15 +867,18 @@ fn lookup_items(sh: &Shared, index: usize, deps: &DepInputs, traced: bool) -> Lo
         &sh.opts.parent_env,
         task.config.untracked_env.as_deref().unwrap_or(&[]),
     );
+    let preps: Vec<Prepared> = (0..task.items.len())
+        .map(|item| prepare(sh, task, item))
+        .collect();
     let res: Result<Vec<Lookup>, String> = match &fp {
         Ok(fp) => {
             // An item's traced inputs may be files an earlier item of the task wrote: they are
             // checked against what that item's hit restores, not against the disk (where they
             // may have been deleted, or be stale until the restore).
             let mut restored: BTreeMap<String, PathState> = BTreeMap::new();
-            (0..task.items.len())
-                .map(|item| {
-                    let prep = prepare(sh, task, item);
+            preps
+                .iter()
+                .map(|prep| {
                     let overlay = |paths: &[&str]| {
                         let (over, rest): (Vec<&str>, Vec<&str>) =
                             paths.iter().partition(|p| restored.contains_key(**p));
@@ -899,7 +918,8 @@ fn lookup_items(sh: &Shared, index: usize, deps: &DepInputs, traced: bool) -> Lo
                 })
                 .collect()
         }
-        Err(e) => Ok((0..task.items.len())
+        Err(e) => Ok(preps
+            .iter()
             .map(|_| {
                 Lookup::Miss(MissReason::Unreadable {
                     path: e.path.clone(),
@@ -909,6 +929,7 @@ fn lookup_items(sh: &Shared, index: usize, deps: &DepInputs, traced: bool) -> Lo
             .collect()),
     };
     Looked {
+        preps,
         paths,
         fp: fp.ok(),
         res,

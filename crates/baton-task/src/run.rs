@@ -1468,7 +1468,15 @@ fn store_traced(
             format!("not cached: an input changed during the run ({why})"),
         ));
     }
-    if let Some((reader, path, writer)) = cross_item_conflict(&items) {
+    let accesses: Vec<ItemAccesses<'_>> = items
+        .iter()
+        .map(|p| ItemAccesses {
+            item: p.item,
+            inputs: &p.inputs,
+            outputs: &p.outputs,
+        })
+        .collect();
+    if let Some((reader, path, writer)) = cross_item_conflict(&accesses) {
         return Some((
             reader,
             format!(
@@ -1543,15 +1551,22 @@ fn output_parents(outputs: &[String]) -> BTreeSet<&str> {
     parents
 }
 
+/// An item's traced inputs and its outputs, for [`cross_item_conflict`].
+struct ItemAccesses<'a> {
+    item: usize,
+    inputs: &'a [String],
+    outputs: &'a [String],
+}
+
 /// The first input of an item that a later item of the same task writes (the path itself, or a
 /// directory output holding it), as `(reader item, path, writer item)`: the reader saw state
 /// the task produces.
-fn cross_item_conflict(items: &[PendingItem]) -> Option<(usize, String, usize)> {
+fn cross_item_conflict(items: &[ItemAccesses<'_>]) -> Option<(usize, String, usize)> {
     // Outputs of the items after the one being checked → the nearest item writing them.
     let mut later: BTreeMap<&str, usize> = BTreeMap::new();
     let mut found = None;
     for p in items.iter().rev() {
-        for input in &p.inputs {
+        for input in p.inputs {
             let mut path = input.trim_end_matches('/');
             loop {
                 if let Some(&w) = later.get(path) {
@@ -1567,7 +1582,7 @@ fn cross_item_conflict(items: &[PendingItem]) -> Option<(usize, String, usize)> 
                 break;
             }
         }
-        for o in &p.outputs {
+        for o in p.outputs {
             later.insert(o.as_str(), p.item);
         }
     }
@@ -1789,5 +1804,55 @@ async fn execute(
         logs,
         interrupted,
         trace,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn output_parents_are_every_directory_above_an_output() {
+        let outs = strings(&["p/app/dist/a.js", "p/app/dist/sub/b.js", "top.txt"]);
+        let parents: Vec<&str> = output_parents(&outs).into_iter().collect();
+        assert_eq!(parents, ["p", "p/app", "p/app/dist", "p/app/dist/sub"]);
+    }
+
+    #[test]
+    fn an_input_written_by_a_later_item_is_a_conflict_naming_both_items() {
+        let (i0, o0) = (strings(&["src/a.ts", "dist/"]), strings(&["gen/t.d.ts"]));
+        let (i1, o1) = (strings(&["gen/t.d.ts"]), strings(&["dist/app.js"]));
+        let (i2, o2) = (strings(&["gen/t.d.ts"]), strings(&["out"]));
+        let item = |item, inputs, outputs| ItemAccesses {
+            item,
+            inputs,
+            outputs,
+        };
+        // Reading an earlier item's output is fine; a directory above a later output is not a
+        // conflict (it is dropped as an output parent instead).
+        assert_eq!(
+            cross_item_conflict(&[item(0, &i0, &o0), item(1, &i1, &o1)]),
+            None
+        );
+        // Item 1 probed a path inside a directory item 2 writes as a whole.
+        let probe = strings(&["out/x.txt"]);
+        assert_eq!(
+            cross_item_conflict(&[item(0, &i0, &o0), item(1, &probe, &o1), item(2, &i2, &o2)]),
+            Some((1, "out/x.txt".to_owned(), 2))
+        );
+        // The earliest reader is named, with the nearest later writer.
+        let reads_dist = strings(&["dist/app.js"]);
+        assert_eq!(
+            cross_item_conflict(&[
+                item(0, &reads_dist, &o0),
+                item(1, &probe, &o1),
+                item(2, &i2, &o2)
+            ]),
+            Some((0, "dist/app.js".to_owned(), 1))
+        );
     }
 }

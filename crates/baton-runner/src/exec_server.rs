@@ -38,6 +38,10 @@ use crate::{
     RunnerStores, RunnerStream, check_no_secrets, compress, decompress, normalize_lexically,
 };
 
+/// Size of the parts a snapshot's tar is written in when restoring on a remote runner (16 MiB:
+/// base64 in a JSON-RPC message stays far below the 64 MiB message limit).
+const RESTORE_PART_BYTES: usize = 16 << 20;
+
 /// The provider id of [`ExecServerProvider`].
 pub const EXEC_SERVER_PROVIDER_ID: &str = "exec-server";
 
@@ -771,24 +775,36 @@ impl RemoteSession {
         Ok(resolved)
     }
 
-    /// Unpacks a snapshot archive (tar+zstd) into the workspace through a temporary file.
+    /// Unpacks a snapshot archive (tar+zstd) into the workspace. The tar goes over in parts of
+    /// [`RESTORE_PART_BYTES`] (`fs/writeFile` each, well under the message size limit, and no
+    /// stdin close needed, so Codex's server works too) into a temporary directory in the
+    /// workspace, then `cat parts | tar -x` unpacks them and the directory is removed.
     async fn restore(&self, archive: &[u8]) -> Result<(), RunnerError> {
         let tar = decompress(archive)?;
-        let tmp = self
+        let parts = self
             .policy
             .workspace()
-            .join(format!(".baton-restore-{}.tar", crate::fresh_id()));
-        self.client.write_file(&tmp, tar).await?;
+            .join(format!(".baton-restore-{}", crate::fresh_id()));
+        self.client.create_directory(&parts, true).await?;
+        let result = self.restore_parts(&tar, &parts).await;
+        self.client.remove(&parts, true, true).await?;
+        result
+    }
+
+    async fn restore_parts(&self, tar: &[u8], parts: &Path) -> Result<(), RunnerError> {
+        for (i, chunk) in tar.chunks(RESTORE_PART_BYTES).enumerate() {
+            self.client
+                .write_file(&parts.join(format!("{i:08}")), chunk.to_vec())
+                .await?;
+        }
         let argv = [
-            "tar".to_string(),
-            "-xf".into(),
-            tmp.to_string_lossy().into_owned(),
-            "-C".into(),
+            "bash".to_string(),
+            "-c".into(),
+            "set -o pipefail; cat \"$0\"/* | tar -xf - -C \"$1\"".into(),
+            parts.to_string_lossy().into_owned(),
             self.policy.workspace().to_string_lossy().into_owned(),
         ];
-        let result = self.helper("tar", &argv).await;
-        self.client.remove(&tmp, false, true).await?;
-        result.map(|_| ())
+        self.helper("tar", &argv).await.map(|_| ())
     }
 
     /// A tar stream of the directory `dir` on the server.

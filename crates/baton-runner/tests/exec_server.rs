@@ -239,3 +239,45 @@ async fn resumed_session_reattaches_a_running_command() {
     ));
     ls.close().await.expect("close");
 }
+
+/// A snapshot larger than one exec-server message (a 50 MiB incompressible file, 67 MiB as base64) restores
+/// into a fresh workspace byte for byte: the tar goes over in parts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_snapshot_restores_in_parts() {
+    let h = exec_server().await;
+    let dest = h.destination();
+    let ws = PathBuf::from(dest.config["workspace"].as_str().expect("workspace"));
+    // Incompressible: BLAKE3's output stream.
+    let mut big = vec![0u8; 50 << 20];
+    blake3::Hasher::new()
+        .update(b"baton")
+        .finalize_xof()
+        .fill(&mut big);
+    std::fs::write(ws.join("big.bin"), &big).expect("write big");
+    let session = h.provider.create_session(dest).await.expect("create");
+    let snapshot = session.snapshot().await.expect("snapshot");
+    session.close().await.expect("close");
+
+    let target = h.destination();
+    let target_ws = PathBuf::from(target.config["workspace"].as_str().expect("workspace"));
+    let restored = h
+        .provider
+        .create_session_from_snapshot(target, snapshot)
+        .await
+        .expect("restore");
+    let back = std::fs::read(target_ws.join("big.bin")).expect("restored file");
+    assert!(
+        back == big,
+        "restored bytes differ ({} vs {})",
+        back.len(),
+        big.len()
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&target_ws)
+        .expect("ls")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".baton-restore"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    restored.close().await.expect("close");
+}

@@ -106,7 +106,11 @@ fn cache_true_caches_a_task_that_connects_out() {
     );
     std::fs::remove_file(f.root().join("out.txt")).expect("remove output");
     let second = f.baton(&["run", "deploy"]);
-    assert!(second.stdout.contains("— cache hit"), "{}", second.snapshot());
+    assert!(
+        second.stdout.contains("— cache hit"),
+        "{}",
+        second.snapshot()
+    );
     assert_eq!(f.read("out.txt"), "tried 10.255.255.1\n", "restored");
 }
 
@@ -126,5 +130,9 @@ fn loopback_connections_do_not_count() {
         first.snapshot()
     );
     let second = f.baton(&["run", "probe"]);
-    assert!(second.stdout.contains("— cache hit"), "{}", second.snapshot());
+    assert!(
+        second.stdout.contains("— cache hit"),
+        "{}",
+        second.snapshot()
+    );
 }

@@ -37,7 +37,9 @@ pub struct ExecArgs {
     /// the server's environment.
     #[arg(long = "env", value_name = "K=V")]
     pub env: Vec<String>,
-    /// Run the command on a pseudo-terminal.
+    /// Run the command on a pseudo-terminal. When our stdin is a terminal it is put in raw mode
+    /// for the command's lifetime (keys, Ctrl-C included, go to the remote terminal; restored
+    /// on exit) and the remote terminal follows our window size.
     #[arg(long)]
     pub tty: bool,
     /// Send paths as bare absolute paths instead of `file://` URIs (for older Codex servers).
@@ -159,6 +161,24 @@ async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot start `{}`", args.command.join(" ")))?;
 
+    // A terminal on our side: raw mode (restored when `_raw` drops) and the window size.
+    let _raw = if args.tty { RawTerminal::enter() } else { None };
+    if _raw.is_some() {
+        let mut winch = signal(SignalKind::window_change()).context("cannot handle SIGWINCH")?;
+        let resize_client = client.clone();
+        let resize_id = process.id().clone();
+        tokio::spawn(async move {
+            loop {
+                if let Some((rows, cols)) = window_size() {
+                    let _ = resize_client.resize(&resize_id, rows, cols).await;
+                }
+                if winch.recv().await.is_none() {
+                    break;
+                }
+            }
+        });
+    }
+
     // stdin → the process; EOF closes its stdin.
     let stdin_client = client.clone();
     let stdin_id = process.id().clone();
@@ -232,4 +252,43 @@ async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(
         u8::try_from(code.clamp(0, 255)).unwrap_or(255),
     ))
+}
+
+/// Our terminal in raw mode while this lives (stdin is fd 0); the saved settings are restored on
+/// drop, whatever way `baton exec` ends.
+struct RawTerminal {
+    saved: nix::sys::termios::Termios,
+}
+
+impl RawTerminal {
+    /// `None` when stdin is not a terminal or its settings cannot be changed.
+    fn enter() -> Option<Self> {
+        use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
+        let stdin = std::io::stdin();
+        let saved = tcgetattr(&stdin).ok()?;
+        let mut raw = saved.clone();
+        cfmakeraw(&mut raw);
+        tcsetattr(&stdin, SetArg::TCSANOW, &raw).ok()?;
+        Some(Self { saved })
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        use nix::sys::termios::{SetArg, tcsetattr};
+        let _ = tcsetattr(std::io::stdin(), SetArg::TCSADRAIN, &self.saved);
+    }
+}
+
+/// Rows and columns of the terminal on stdin, if it is one.
+fn window_size() -> Option<(u16, u16)> {
+    let mut ws = nix::libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one `winsize` into the live struct we pass.
+    let r = unsafe { nix::libc::ioctl(0, nix::libc::TIOCGWINSZ, &raw mut ws) };
+    (r == 0 && ws.ws_row > 0 && ws.ws_col > 0).then_some((ws.ws_row, ws.ws_col))
 }

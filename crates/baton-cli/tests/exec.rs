@@ -283,3 +283,57 @@ fn exec_forwards_ctrl_c_as_an_interrupt() {
     assert_eq!(line, "got-int\n");
     assert_eq!(wait_exit(&mut child).code(), Some(9));
 }
+
+/// `baton exec --tty` on a terminal: the remote terminal gets our window size, our terminal is
+/// raw while the command runs (typed keys are echoed once, by the remote terminal, not also by
+/// ours), and our settings are restored afterwards (`stty` run after it sees `icanon` again).
+#[test]
+fn exec_tty_uses_raw_mode_and_our_window_size() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = format!(
+        "'{BATON}' exec --tty -- sh -c 'stty size; echo ready; read x; echo got:$x'; \
+         stty -a | tr ' ' '\\n' | grep -x -e icanon -e -icanon"
+    );
+    let spec = baton_exec::CommandSpec::new("sh", dir.path())
+        .args(["-c", &script])
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .pty(baton_exec::PtySize::new(33, 101));
+    let rt = tokio::runtime::Runtime::new().expect("tokio");
+    let text = rt.block_on(async move {
+        let (process, mut events) = baton_exec::spawn_streaming(&spec).expect("spawn in a pty");
+        let mut out = Vec::new();
+        let mut typed = false;
+        loop {
+            let event = tokio::time::timeout(T, events.recv())
+                .await
+                .expect("output in time");
+            match event {
+                Some(baton_exec::ProcessEvent::Output { chunk, .. }) => {
+                    out.extend_from_slice(&chunk);
+                    if !typed && String::from_utf8_lossy(&out).contains("ready") {
+                        typed = true;
+                        process.write_stdin(b"abc\r").await.expect("type");
+                    }
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    assert!(
+        text.contains("33 101"),
+        "window size reaches the remote terminal: {text:?}"
+    );
+    assert!(text.contains("got:abc"), "{text:?}");
+    assert_eq!(
+        text.matches("abc").count(),
+        2,
+        "one echo (remote) plus got:abc; a cooked local terminal would echo a second time: {text:?}"
+    );
+    let last = text
+        .lines()
+        .rfind(|l| !l.trim().is_empty())
+        .unwrap_or_default();
+    assert_eq!(last.trim(), "icanon", "settings restored: {text:?}");
+}

@@ -383,13 +383,7 @@ impl Runtime for RunnerRuntime {
         &self,
         spec: WorkerSpec,
     ) -> Result<(Arc<dyn WorkerControl>, Box<dyn WorkerEvents>), RuntimeError> {
-        let (program, args) = spec
-            .argv
-            .split_first()
-            .ok_or_else(|| RuntimeError::Invalid {
-                message: "argv is empty".into(),
-                source: None,
-            })?;
+        let (program, args) = spec.program_and_args()?;
         let session = self.session().await?;
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let command_id = format!("worker-{}-{n}", std::process::id());

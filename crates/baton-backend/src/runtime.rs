@@ -27,6 +27,21 @@ pub struct WorkerSpec {
     pub tty: bool,
 }
 
+impl WorkerSpec {
+    /// `argv` split into the program and its arguments.
+    ///
+    /// # Errors
+    /// [`RuntimeError::Invalid`] when `argv` is empty.
+    pub fn program_and_args(&self) -> Result<(&String, &[String]), RuntimeError> {
+        self.argv
+            .split_first()
+            .ok_or_else(|| RuntimeError::Invalid {
+                message: "argv is empty".into(),
+                source: None,
+            })
+    }
+}
+
 /// Something a running worker did, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WorkerOutput {
@@ -243,13 +258,7 @@ impl Runtime for LocalRuntime {
         &self,
         spec: WorkerSpec,
     ) -> Result<(Arc<dyn WorkerControl>, Box<dyn WorkerEvents>), RuntimeError> {
-        let (program, args) = spec
-            .argv
-            .split_first()
-            .ok_or_else(|| RuntimeError::Invalid {
-                message: "argv is empty".into(),
-                source: None,
-            })?;
+        let (program, args) = spec.program_and_args()?;
         let mut command = baton_exec::CommandSpec::new(program, &spec.cwd)
             .args(args)
             .env_from_parent()

@@ -44,20 +44,7 @@ fn run(args: &[&str], stdin: &str) -> Output {
 #[test]
 fn serve_spawn_list_attach_stop() {
     let data = tempfile::tempdir().expect("tempdir");
-    let mut child = baton()
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(data.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn baton serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let server = Server(child);
-    let mut url = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut url)
-        .expect("url line");
-    let url = url.trim().to_owned();
+    let (server, url) = serve(&[std::ffi::OsStr::new("--data"), data.path().as_os_str()]);
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
 
     let out = run(
@@ -121,23 +108,14 @@ fn serve_with_a_remote_exec_server_runtime() {
         .expect("ws url");
 
     let data = tempfile::tempdir().expect("tempdir");
-    let mut child = baton()
-        .args(["serve", "--listen", "127.0.0.1:0", "--runtime"])
-        .arg(format!("build1={}", ws_url.trim()))
-        .arg("--workdir")
-        .arg(&root_path)
-        .arg("--data")
-        .arg(data.path())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn baton serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let _server = Server(child);
-    let mut url = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut url)
-        .expect("url line");
-    let url = url.trim().to_owned();
+    let (_server, url) = serve(&[
+        std::ffi::OsString::from("--runtime"),
+        format!("build1={}", ws_url.trim()).into(),
+        "--workdir".into(),
+        root_path.clone().into(),
+        "--data".into(),
+        data.path().into(),
+    ]);
 
     let root_str = root_path.display().to_string();
     let out = run(
@@ -169,11 +147,12 @@ fn serve_with_a_remote_exec_server_runtime() {
 }
 
 /// Starts `baton serve` with `args` and returns the guard and its URL.
-fn serve(args: &[&std::ffi::OsStr]) -> (Server, String) {
+fn serve<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (Server, String) {
     let mut child = baton()
         .args(["serve", "--listen", "127.0.0.1:0"])
         .args(args)
         .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn baton serve");
     let stdout = child.stdout.take().expect("stdout");
@@ -317,23 +296,14 @@ fn serve_over_tls_with_ca_file() {
     );
     let ca_arg = ca.display().to_string();
     let data = tmp.path().join("data");
-    let mut child = baton()
-        .args(["serve", "--listen", "127.0.0.1:0", "--tls-cert"])
-        .arg(&cert)
-        .arg("--tls-key")
-        .arg(&key)
-        .arg("--data")
-        .arg(&data)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn baton serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let server = Server(child);
-    let mut url = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut url)
-        .expect("url line");
-    let url = url.trim().to_owned();
+    let (server, url) = serve(&[
+        std::ffi::OsString::from("--tls-cert"),
+        cert.clone().into(),
+        "--tls-key".into(),
+        key.clone().into(),
+        "--data".into(),
+        data.clone().into(),
+    ]);
     assert!(url.starts_with("https://127.0.0.1:"), "{url}");
 
     let out = run(

@@ -42,7 +42,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES")]
     pub retain_bytes: Option<u64>,
     /// Working directory of workers spawned without `cwd` (default: the current directory);
-    /// also used on remote runtimes.
+    /// also the workspace of `--runtime NAME=ws://…` runtimes.
     #[arg(long, value_name = "DIR")]
     pub workdir: Option<PathBuf>,
     /// Another runtime `NAME=DESTINATION`, repeatable: `ws://HOST:PORT` (a `baton exec-server`
@@ -53,7 +53,7 @@ pub struct ServeArgs {
     #[arg(long = "runtime", value_name = "NAME=DESTINATION")]
     pub runtimes: Vec<String>,
     /// A runtimes file (JSON `{"runtimes": {NAME: {destination, workspace?, token_secret?,
-    /// config?, timeout_seconds?, …}}}`; see ARCHITECTURE.md / `baton_backend::RuntimesFile`).
+    /// config?, timeout_seconds?, …}}}`; see README.md and `baton_backend::RuntimesFile`).
     #[arg(long = "runtimes", value_name = "FILE")]
     pub runtimes_file: Option<PathBuf>,
     /// Serve HTTPS/WSS with this PEM certificate chain (leaf first); needs --tls-key.
@@ -90,6 +90,12 @@ pub struct WorkersArgs {
 
 #[derive(Debug, clap::Subcommand)]
 enum WorkersCommand {
+    /// List the backend's runtimes (`RUNTIME KIND STATE`, or JSON with --json).
+    Runtimes {
+        /// Print the JSON array.
+        #[arg(long)]
+        json: bool,
+    },
     /// List workers (`RUNTIME/WORKER STATE STATUS LABEL`, or JSON with --json).
     List {
         /// Print the JSON array.
@@ -259,6 +265,17 @@ pub fn workers_main(args: WorkersArgs) -> anyhow::Result<ExitCode> {
         BackendHttp::new(&args.backend.url, token(&args.backend)?)?.with_tls(tls(&args.backend)?);
     runtime()?.block_on(async move {
         match args.command {
+            WorkersCommand::Runtimes { json } => {
+                let runtimes = http.list_runtimes().await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&runtimes)?);
+                } else {
+                    for r in runtimes {
+                        println!("{}\t{}\t{}", r.runtime_id, r.kind, r.state);
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            }
             WorkersCommand::List { json } => {
                 let workers = http.list_workers().await?;
                 if json {

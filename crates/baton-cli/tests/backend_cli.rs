@@ -236,6 +236,12 @@ fn serve_with_an_ssh_runtime_from_a_runtimes_file() {
         !listed.contains(&port.to_string()),
         "the ssh address is never exposed: {listed}"
     );
+    let out = run(&["workers", "runtimes", "--url", &url], "");
+    let runtimes = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{out:?}");
+    assert!(runtimes.contains("box\tssh\tavailable"), "{runtimes}");
+    assert!(runtimes.contains("local\tlocal\tavailable"), "{runtimes}");
+    assert!(!runtimes.contains(&port.to_string()), "{runtimes}");
     drop(server);
 }
 

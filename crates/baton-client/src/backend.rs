@@ -664,6 +664,24 @@ impl BackendHttp {
         Ok(v["workers"].as_array().cloned().unwrap_or_default())
     }
 
+    /// `GET /api/runtimes` → the runtimes (`{runtime_id, kind, state, capabilities}`; never
+    /// their addresses).
+    ///
+    /// # Errors
+    /// As [`BackendHttp::call`]; [`BackendClientError::Decode`] when the answer is not a
+    /// runtime list.
+    pub async fn list_runtimes(
+        &self,
+    ) -> Result<Vec<baton_protocol::backend::RuntimeSummary>, BackendClientError> {
+        let v = self.call("GET", "/api/runtimes", None).await?;
+        let list: baton_protocol::backend::RuntimeList =
+            serde_json::from_value(v).map_err(|source| BackendClientError::Decode {
+                url: format!("{}/api/runtimes", self.base_url),
+                source,
+            })?;
+        Ok(list.runtimes)
+    }
+
     /// `POST /api/runtimes/{rt}/workers` with `request` (`{argv, cwd?, env?, tty?, label?}`) →
     /// the worker summary.
     ///

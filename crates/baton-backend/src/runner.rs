@@ -403,9 +403,13 @@ impl Runtime for RunnerRuntime {
                     .error(runtime_error("the runtime's session is closed", e)));
             }
             Ok(Err(e)) => {
-                return Err(self
-                    .redactor
-                    .error(runtime_error(&format!("cannot start {program:?}"), e)));
+                let err = runtime_error(&format!("cannot start {program:?}"), e);
+                if matches!(err, RuntimeError::Unavailable(_)) {
+                    // The connection is gone for good (the client gave up reconnecting, or an
+                    // ssh runner's server ended): the next spawn opens a new session.
+                    self.discard(&session).await;
+                }
+                return Err(self.redactor.error(err));
             }
             Err(_) => {
                 // The start may still happen: make sure it does not outlive the refusal.

@@ -19,12 +19,13 @@ use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
 
-/// Forwards connections to `upstream`; `cut` drops every live connection, `paused` refuses new
-/// ones.
+/// Forwards connections to `upstream` (which [`Proxy::retarget`] changes for new ones); `cut`
+/// drops every live connection, `paused` refuses new ones.
 struct Proxy {
     addr: SocketAddr,
     cut: broadcast::Sender<()>,
     paused: Arc<AtomicBool>,
+    upstream: Arc<std::sync::Mutex<SocketAddr>>,
 }
 
 impl Proxy {
@@ -33,7 +34,8 @@ impl Proxy {
         let addr = listener.local_addr().expect("addr");
         let (cut, _) = broadcast::channel(4);
         let paused = Arc::new(AtomicBool::new(false));
-        let (cut2, paused2) = (cut.clone(), paused.clone());
+        let upstream = Arc::new(std::sync::Mutex::new(upstream));
+        let (cut2, paused2, upstream2) = (cut.clone(), paused.clone(), upstream.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
@@ -44,6 +46,7 @@ impl Proxy {
                     continue;
                 }
                 let mut cut_rx = cut2.subscribe();
+                let upstream = *upstream2.lock().expect("upstream");
                 tokio::spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(upstream).await else {
                         return;
@@ -55,7 +58,18 @@ impl Proxy {
                 });
             }
         });
-        Self { addr, cut, paused }
+        Self {
+            addr,
+            cut,
+            paused,
+            upstream,
+        }
+    }
+
+    /// New connections go to `to`; live ones are cut.
+    fn retarget(&self, to: SocketAddr) {
+        *self.upstream.lock().expect("upstream") = to;
+        let _ = self.cut.send(());
     }
 }
 
@@ -395,5 +409,91 @@ async fn runner_runtime_runs_tty_workers_and_cancel_interrupts() {
         r["message"].as_str().is_some_and(|m| m.contains("outside")),
         "{r}"
     );
+    backend.shutdown().await;
+}
+
+/// Starts an in-process `baton exec-server` on `addr` rooted at `root`.
+async fn exec_server_at(
+    root: &std::path::Path,
+    addr: SocketAddr,
+) -> (baton_server::ExecServer, SocketAddr) {
+    let exec = baton_server::ExecServer::new(baton_server::ServerConfig {
+        roots: vec![root.to_path_buf()],
+        ..baton_server::ServerConfig::default()
+    })
+    .expect("exec server");
+    let listener = exec
+        .bind_ws(addr, baton_server::ListenOptions::default())
+        .await
+        .expect("bind exec server");
+    let bound = listener.local_addr();
+    tokio::spawn(listener.run());
+    (exec, bound)
+}
+
+/// The exec server behind a runtime is replaced (its sessions are gone): the runtime opens a
+/// new session, so a spawn works again after at most one failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_exec_server_gets_a_new_session() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let root_path = root.path().canonicalize().expect("canonical root");
+    let (first, first_addr) =
+        exec_server_at(&root_path, "127.0.0.1:0".parse().expect("addr")).await;
+    let proxy = Proxy::start(first_addr).await;
+    let addr = proxy.addr;
+    let store = tempfile::tempdir().expect("tempdir");
+    let destination = parse_destination(
+        "build1",
+        &format!("ws://{addr}"),
+        &DestinationOptions {
+            workspace: Some(root_path.clone()),
+            ..Default::default()
+        },
+    )
+    .expect("destination");
+    let runtime = Arc::new(RunnerRuntime::new(
+        "build1",
+        Arc::new(ExecServerProvider::new(store.path()).expect("provider")),
+        destination,
+        Duration::from_secs(20),
+    ));
+    let data = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::open(BackendConfig::new(data.path()), vec![runtime]).expect("backend");
+    let http_addr = serve(&backend).await;
+    let body = json!({"argv": ["sh", "-c", "echo alive"]}).to_string();
+    let (status, r) = http(
+        http_addr,
+        "POST",
+        "/api/runtimes/build1/workers",
+        Some(&body),
+        None,
+    )
+    .await;
+    assert_eq!(status, 201, "{r}");
+
+    first.shutdown();
+    // Same address (the proxy), fresh server: none of the old sessions exist there.
+    let (_second, second_addr) =
+        exec_server_at(&root_path, "127.0.0.1:0".parse().expect("addr")).await;
+    proxy.retarget(second_addr);
+    let mut answers = Vec::new();
+    let w = loop {
+        let (status, r) = http(
+            http_addr,
+            "POST",
+            "/api/runtimes/build1/workers",
+            Some(&body),
+            None,
+        )
+        .await;
+        answers.push((status, r.clone()));
+        if status == 201 {
+            break r["worker_id"].as_str().expect("id").to_owned();
+        }
+        assert!(answers.len() < 3, "no recovery: {answers:?}");
+    };
+    let mut ws = observe(http_addr, "build1", &w, Some("bo_0000000000000000")).await;
+    let events = events_until(&mut ws, is_exit).await;
+    assert_eq!(output_text(&events), "alive\n");
     backend.shutdown().await;
 }

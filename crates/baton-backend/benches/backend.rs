@@ -98,6 +98,7 @@ async fn resume(events: usize) -> f64 {
             runtime_id: "local".into(),
             worker_id: "w1".into(),
             summary,
+            handle: None,
         })
         .expect("worker");
         for i in 0..events {

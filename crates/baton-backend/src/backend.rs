@@ -113,6 +113,9 @@ struct Inner {
     log: Arc<EventLog>,
     runtimes: BTreeMap<String, Arc<dyn Runtime>>,
     workers: Mutex<BTreeMap<(String, String), Arc<Worker>>>,
+    /// Workers that were running when the previous backend stopped, on runtimes that keep
+    /// their workers, with their handles: [`Backend::recover`] follows them again.
+    pending: Mutex<Vec<(Arc<Worker>, serde_json::Value)>>,
 }
 
 /// The backend: owns the runtimes, the workers and the durable event log. Clone freely (shared).
@@ -134,8 +137,8 @@ fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn output_payload(stream: &str, bytes: &[u8]) -> serde_json::Value {
-    match std::str::from_utf8(bytes) {
+fn output_payload(stream: &str, bytes: &[u8], seq: Option<u64>) -> serde_json::Value {
+    let mut payload = match std::str::from_utf8(bytes) {
         Ok(text) => json!({"type": "output", "stream": stream, "text": text}),
         Err(_) => json!({
             "type": "output",
@@ -143,7 +146,11 @@ fn output_payload(stream: &str, bytes: &[u8]) -> serde_json::Value {
             "text": String::from_utf8_lossy(bytes),
             "data_b64": base64::engine::general_purpose::STANDARD.encode(bytes),
         }),
+    };
+    if let Some(seq) = seq {
+        payload["seq"] = json!(seq);
     }
+    payload
 }
 
 impl Backend {
@@ -174,6 +181,7 @@ impl Backend {
                 log,
                 runtimes,
                 workers: Mutex::new(BTreeMap::new()),
+                pending: Mutex::new(Vec::new()),
             }),
         };
         for row in backend.inner.log.load_workers()? {
@@ -182,26 +190,118 @@ impl Backend {
                 continue;
             };
             let was_running = summary.state == WorkerState::Running;
+            let keeps = backend
+                .inner
+                .runtimes
+                .get(&row.runtime_id)
+                .is_some_and(|rt| rt.keeps_workers());
             let worker = Arc::new(Worker {
                 summary: Mutex::new(summary),
                 control: Mutex::new(None),
                 transcript: Mutex::new(None),
             });
             lock(&backend.inner.workers).insert((row.runtime_id, row.worker_id), worker.clone());
-            if was_running {
-                backend.record_with(&worker, |s| {
-                    s.state = WorkerState::Lost;
-                    s.status = "lost".into();
-                    s.pid = None;
-                    json!({"type": "status", "state": "lost", "status": "lost"})
-                })?;
-                backend.record_with(&worker, |_| {
-                    json!({"type": "diagnostic", "code": codes::WORKER_LOST, "severity": "warning",
-                           "message": "the backend stopped while this worker ran; its process tree was killed"})
-                })?;
+            match (was_running, row.handle) {
+                (true, Some(handle)) if keeps => {
+                    lock(&backend.inner.pending).push((worker, handle));
+                }
+                (true, _) => backend.mark_lost(
+                    &worker,
+                    "the backend stopped while this worker ran; its process tree was killed",
+                )?,
+                (false, _) => {}
             }
         }
         Ok(backend)
+    }
+
+    /// Marks a worker `lost` (a `status` event) and records why (a `backend.worker_lost`
+    /// diagnostic event).
+    fn mark_lost(&self, worker: &Worker, message: &str) -> Result<(), LogError> {
+        self.record_with(worker, |s| {
+            s.state = WorkerState::Lost;
+            s.status = "lost".into();
+            s.pid = None;
+            json!({"type": "status", "state": "lost", "status": "lost"})
+        })?;
+        self.record_with(worker, |_| {
+            json!({"type": "diagnostic", "code": codes::WORKER_LOST, "severity": "warning",
+                   "message": message})
+        })?;
+        Ok(())
+    }
+
+    /// Call once after [`Backend::open`], before serving: lets every runtime resume its
+    /// earlier session ([`Runtime::recover`], with the state stored after the last spawn) and
+    /// follows again the workers that were running on runtimes that keep their workers (a
+    /// remote exec server keeps them for its session TTL): each gets a
+    /// `backend.worker_reattached` diagnostic event and continues after its last recorded
+    /// event, without repeats; one that cannot be found is marked `lost` with the reason.
+    pub async fn recover(&self) {
+        let pending = std::mem::take(&mut *lock(&self.inner.pending));
+        let mut tasks = Vec::new();
+        for (id, rt) in &self.inner.runtimes {
+            let saved = self.inner.log.load_runtime_state(id).unwrap_or_else(|e| {
+                tracing::warn!(runtime = %id, error = %e, "cannot read the runtime's stored state");
+                None
+            });
+            let mine: Vec<_> = pending
+                .iter()
+                .filter(|(w, _)| lock(&w.summary).runtime_id == *id)
+                .cloned()
+                .collect();
+            let (backend, rt) = (self.clone(), rt.clone());
+            // Runtimes recover side by side: one that is down costs only its own timeout.
+            tasks.push(tokio::spawn(async move {
+                rt.recover(saved).await;
+                for (worker, handle) in mine {
+                    backend.reattach(&*rt, worker, &handle).await;
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Follows one worker of an earlier backend again, or marks it lost.
+    async fn reattach(
+        &self,
+        runtime: &dyn Runtime,
+        worker: Arc<Worker>,
+        handle: &serde_json::Value,
+    ) {
+        let (runtime_id, worker_id) = {
+            let s = lock(&worker.summary);
+            (s.runtime_id.clone(), s.worker_id.clone())
+        };
+        let after = self
+            .inner
+            .log
+            .last_runtime_seq(&runtime_id, &worker_id)
+            .unwrap_or_else(|e| {
+                tracing::warn!(worker = %worker_id, error = %e, "cannot read the worker's last event");
+                0
+            });
+        let result = match runtime.reattach(handle, after).await {
+            Ok((control, events)) => {
+                *lock(&worker.control) = Some(control);
+                let recorded = self.record_with(&worker, |_| {
+                    json!({"type": "diagnostic", "code": codes::WORKER_REATTACHED,
+                           "severity": "info",
+                           "message": "the backend restarted; following the worker again after its last recorded event"})
+                });
+                tokio::spawn(pump(self.clone(), worker, events));
+                recorded.map(|_| ())
+            }
+            Err(e) => self.mark_lost(
+                &worker,
+                &format!("the backend restarted and cannot follow this worker again: {e}"),
+            ),
+        };
+        if let Err(e) = result {
+            tracing::error!(worker = %worker_id, error = %e, "cannot record a worker event");
+        }
     }
 
     /// The event log.
@@ -293,6 +393,7 @@ impl Backend {
                 runtime_id: s.runtime_id.clone(),
                 worker_id: s.worker_id.clone(),
                 summary: serde_json::to_value(&*s).unwrap_or_default(),
+                handle: None,
             })?;
         }
         Ok(event)
@@ -393,6 +494,19 @@ impl Backend {
             return Err(ApiError::log(e));
         }
         let summary = lock(&worker.summary).clone();
+        if let Some(handle) = control.handle()
+            && let Err(e) =
+                self.inner
+                    .log
+                    .save_worker_handle(runtime_id, &summary.worker_id, &handle)
+        {
+            tracing::warn!(error = %e, "cannot store the worker's handle; it will not be followed after a restart");
+        }
+        if let Some(state) = runtime.session_state()
+            && let Err(e) = self.inner.log.save_runtime_state(runtime_id, &state)
+        {
+            tracing::warn!(error = %e, "cannot store the runtime's session state");
+        }
         tokio::spawn(pump(self.clone(), worker, events));
         Ok(summary)
     }
@@ -511,10 +625,19 @@ impl Backend {
         .map_err(ApiError::log)
     }
 
-    /// Kills every running worker's process tree (call on shutdown).
+    /// Kills every running worker's process tree (call on shutdown), except on runtimes that
+    /// keep their workers ([`Runtime::keeps_workers`]: a restarted backend follows them again).
     pub async fn shutdown(&self) {
         let controls: Vec<_> = lock(&self.inner.workers)
             .values()
+            .filter(|w| {
+                let rt = lock(&w.summary).runtime_id.clone();
+                !self
+                    .inner
+                    .runtimes
+                    .get(&rt)
+                    .is_some_and(|r| r.keeps_workers())
+            })
             .filter_map(|w| lock(&w.control).take())
             .collect();
         for c in controls {
@@ -594,20 +717,26 @@ fn refused_by_runtime(code: &str, e: &RuntimeError) -> OperationResult {
 async fn pump(backend: Backend, worker: Arc<Worker>, mut events: Box<dyn WorkerEvents>) {
     while let Some(event) = events.next().await {
         let result = match event {
-            WorkerOutput::Output { stream, bytes } => {
-                backend.record_with(&worker, |_| output_payload(stream, &bytes))
+            WorkerOutput::Output { stream, bytes, seq } => {
+                backend.record_with(&worker, |_| output_payload(stream, &bytes, seq))
             }
             WorkerOutput::Exited {
                 code,
                 signal,
                 status,
+                seq,
             } => backend.record_with(&worker, |s| {
                 s.state = WorkerState::Exited;
                 s.status = status.clone();
                 s.exit_code = code;
                 s.signal = signal;
                 s.pid = None;
-                json!({"type": "exit", "exit_code": code, "signal": signal, "status": status})
+                let mut payload =
+                    json!({"type": "exit", "exit_code": code, "signal": signal, "status": status});
+                if let Some(seq) = seq {
+                    payload["seq"] = json!(seq);
+                }
+                payload
             }),
             WorkerOutput::Diagnostic {
                 code,

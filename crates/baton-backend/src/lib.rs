@@ -55,8 +55,9 @@
 //! binary frame). Pings are answered with pongs.
 //!
 //! Event payloads (`payload.type`): `spawned {argv, cwd, tty, label, env_names, pid}` (env values
-//! are never recorded), `output {stream: stdout|stderr|pty, text, data_b64?}` (`data_b64` holds
-//! the exact bytes when they are not UTF-8), `input {kind, content}`, `control {action:
+//! are never recorded), `output {stream: stdout|stderr|pty, text, data_b64?, seq?}` (`data_b64` holds
+//! the exact bytes when they are not UTF-8; `seq` is the runtime's sequence number of the chunk,
+//! on runner runtimes), `input {kind, content}`, `control {action:
 //! cancel|stop, reason}`, `exit {exit_code, signal, status}`, `status {state, status}` (e.g.
 //! `lost` after a restart), `diagnostic {code, severity, message}`, and the synthesized
 //! `snapshot`.
@@ -76,6 +77,14 @@
 //! no output (exec-server session resume). The embedded default runtime, [`LocalRuntime`],
 //! runs workers on this host with `baton-exec` directly (host pid, killing signal, the
 //! backend's environment).
+//!
+//! # Restarts
+//! Workers of the embedded runtime die with the backend (no orphans) and show as `lost` after a
+//! restart. Workers on exec-server runtimes keep running on their server: the backend stores
+//! each runtime's session state and each worker's command id, does not stop them on shutdown,
+//! and after a restart [`Backend::recover`] resumes the session (within the server's session
+//! TTL, 60 s by default) and follows them again from their last recorded event
+//! (`backend.worker_reattached`; `backend.output_gap` if the server dropped events meanwhile).
 
 mod api;
 mod backend;

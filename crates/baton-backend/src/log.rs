@@ -69,6 +69,10 @@ pub struct WorkerRow {
     pub worker_id: String,
     /// The worker summary, as served by the API.
     pub summary: serde_json::Value,
+    /// What its runtime needs to follow it again after a restart (see
+    /// [`EventLog::save_worker_handle`]); `None` for workers of the embedded runtime. Ignored by
+    /// [`EventLog::save_worker`].
+    pub handle: Option<serde_json::Value>,
 }
 
 /// Errors of the event log.
@@ -183,9 +187,25 @@ impl EventLog {
                  worker_id TEXT NOT NULL,
                  summary TEXT NOT NULL,
                  pruned_through INTEGER NOT NULL DEFAULT 0,
-                 UNIQUE(runtime_id, worker_id));",
+                 UNIQUE(runtime_id, worker_id));
+             CREATE TABLE IF NOT EXISTS runtime_state (
+                 runtime_id TEXT PRIMARY KEY,
+                 state TEXT NOT NULL);",
         )
         .map_err(sql("create schema"))?;
+        // Added after the first release of the schema: add it to older databases.
+        let has_handle: bool = conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('workers') WHERE name = 'handle'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(sql("read schema"))?
+            > 0;
+        if !has_handle {
+            conn.execute_batch("ALTER TABLE workers ADD COLUMN handle TEXT")
+                .map_err(sql("migrate schema"))?;
+        }
         let head: i64 = conn
             .query_row(
                 "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)",
@@ -401,6 +421,88 @@ impl EventLog {
         Ok(())
     }
 
+    /// Records what `runtime_id/worker_id`'s runtime needs to follow it again after a restart
+    /// (secret-free JSON, e.g. `{"command_id": …}`).
+    ///
+    /// # Errors
+    /// [`LogError::Sqlite`].
+    pub fn save_worker_handle(
+        &self,
+        runtime_id: &str,
+        worker_id: &str,
+        handle: &serde_json::Value,
+    ) -> Result<(), LogError> {
+        let w = lock(&self.writer);
+        w.conn
+            .execute(
+                "UPDATE workers SET handle = ?3 WHERE runtime_id = ?1 AND worker_id = ?2",
+                params![runtime_id, worker_id, handle.to_string()],
+            )
+            .map_err(sql("save worker handle"))?;
+        Ok(())
+    }
+
+    /// Stores a runtime's persistable session state (secret-free JSON; replaces the last).
+    ///
+    /// # Errors
+    /// [`LogError::Sqlite`].
+    pub fn save_runtime_state(
+        &self,
+        runtime_id: &str,
+        state: &serde_json::Value,
+    ) -> Result<(), LogError> {
+        let w = lock(&self.writer);
+        w.conn
+            .execute(
+                "INSERT INTO runtime_state (runtime_id, state) VALUES (?1, ?2)
+                 ON CONFLICT(runtime_id) DO UPDATE SET state = excluded.state",
+                params![runtime_id, state.to_string()],
+            )
+            .map_err(sql("save runtime state"))?;
+        Ok(())
+    }
+
+    /// The state last stored by [`EventLog::save_runtime_state`], if any (and if it is JSON).
+    ///
+    /// # Errors
+    /// [`LogError::Sqlite`].
+    pub fn load_runtime_state(
+        &self,
+        runtime_id: &str,
+    ) -> Result<Option<serde_json::Value>, LogError> {
+        let conn = lock(&self.reader);
+        let text: Option<String> = conn
+            .query_row(
+                "SELECT state FROM runtime_state WHERE runtime_id = ?1",
+                params![runtime_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql("load runtime state"))?;
+        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+    }
+
+    /// The highest runtime sequence number (`payload.seq`) among the worker's recorded events,
+    /// or 0: where following it again must resume.
+    ///
+    /// # Errors
+    /// [`LogError::Sqlite`].
+    pub fn last_runtime_seq(&self, runtime_id: &str, worker_id: &str) -> Result<u64, LogError> {
+        let conn = lock(&self.reader);
+        let v: Option<i64> = conn
+            .query_row(
+                "SELECT json_extract(payload, '$.seq') FROM events
+                 WHERE runtime_id = ?1 AND worker_id = ?2
+                   AND json_extract(payload, '$.seq') IS NOT NULL
+                 ORDER BY seq DESC LIMIT 1",
+                params![runtime_id, worker_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql("read last runtime seq"))?;
+        Ok(v.map_or(0, |v| v.max(0) as u64))
+    }
+
     /// Every stored worker, oldest first.
     ///
     /// # Errors
@@ -408,7 +510,7 @@ impl EventLog {
     pub fn load_workers(&self) -> Result<Vec<WorkerRow>, LogError> {
         let conn = lock(&self.reader);
         let mut stmt = conn
-            .prepare("SELECT runtime_id, worker_id, summary FROM workers WHERE worker_id != '' ORDER BY id")
+            .prepare("SELECT runtime_id, worker_id, summary, handle FROM workers WHERE worker_id != '' ORDER BY id")
             .map_err(sql("load workers"))?;
         let rows = stmt
             .query_map([], |r| {
@@ -416,18 +518,21 @@ impl EventLog {
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
                     r.get::<_, String>(2)?,
+                    r.get::<_, Option<String>>(3)?,
                 ))
             })
             .map_err(sql("load workers"))?;
         let mut out = Vec::new();
         for row in rows {
-            let (runtime_id, worker_id, text) = row.map_err(sql("load workers"))?;
+            let (runtime_id, worker_id, text, handle) = row.map_err(sql("load workers"))?;
+            let handle = handle.and_then(|h| serde_json::from_str(&h).ok());
             match serde_json::from_str::<serde_json::Value>(&text) {
                 Ok(summary) if summary.is_object() && summary.get("worker_id").is_some() => out
                     .push(WorkerRow {
                         runtime_id,
                         worker_id,
                         summary,
+                        handle,
                     }),
                 _ => tracing::warn!(%runtime_id, %worker_id, "skipping worker without summary"),
             }
@@ -506,6 +611,7 @@ mod tests {
             runtime_id: "local".into(),
             worker_id: "w1".into(),
             summary: json!({"worker_id": "w1"}),
+            handle: None,
         })
         .expect("save");
         for i in 0..10 {
@@ -571,6 +677,7 @@ mod tests {
             runtime_id: "local".into(),
             worker_id: "w1".into(),
             summary: json!({"worker_id": "w1"}),
+            handle: None,
         })
         .expect("save");
         assert_eq!(log.apply_retention(now_ms()).expect("retain"), 0);

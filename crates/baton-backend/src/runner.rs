@@ -20,7 +20,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use baton_runner::{
     RunnerCommandRequest, RunnerDestination, RunnerError, RunnerEvent, RunnerProcess,
-    RunnerProvider, RunnerSession, RunnerSignal, RunnerStdin, RunnerStream,
+    RunnerProvider, RunnerSession, RunnerSessionState, RunnerSignal, RunnerStdin, RunnerStream,
 };
 use tokio::sync::Mutex as AsyncMutex;
 
@@ -54,6 +54,8 @@ pub struct RunnerRuntime {
     status: Mutex<Status>,
     next: AtomicU64,
     redactor: Redactor,
+    /// The earlier backend's session state, resumed by the first [`RunnerRuntime::session`].
+    saved: Mutex<Option<RunnerSessionState>>,
 }
 
 impl std::fmt::Debug for RunnerRuntime {
@@ -87,6 +89,7 @@ impl RunnerRuntime {
             session: AsyncMutex::new(None),
             status: Mutex::new(Status::Connecting),
             next: AtomicU64::new(1),
+            saved: Mutex::new(None),
         }
     }
 
@@ -100,13 +103,31 @@ impl RunnerRuntime {
         });
     }
 
-    /// The session, created now if there is none (or the last one was closed).
+    /// The session, opened now if there is none (or the last one was closed): the first time
+    /// after [`Runtime::recover`] by resuming the earlier backend's session, else (or when
+    /// that fails) a fresh one.
     async fn session(&self) -> Result<Arc<dyn RunnerSession>, RuntimeError> {
         let mut slot = self.session.lock().await;
         if let Some(s) = slot.as_ref() {
             return Ok(s.clone());
         }
         self.set_status(Status::Connecting);
+        let saved = self.saved.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(state) = saved {
+            match tokio::time::timeout(self.timeout, self.provider.resume_session(state)).await {
+                Ok(Ok(s)) => {
+                    self.set_status(Status::Available);
+                    *slot = Some(s.clone());
+                    return Ok(s);
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(runtime = %self.id, error = %error_chain(&e), "cannot resume the earlier session; opening a new one")
+                }
+                Err(_) => {
+                    tracing::warn!(runtime = %self.id, "resuming the earlier session timed out; opening a new one")
+                }
+            }
+        }
         let created = tokio::time::timeout(
             self.timeout,
             self.provider.create_session(self.destination.clone()),
@@ -273,6 +294,10 @@ impl WorkerControl for RunnerControl {
             tracing::warn!(command = %self.command_id, error = %e, "cannot stop a worker");
         }
     }
+
+    fn handle(&self) -> Option<serde_json::Value> {
+        Some(serde_json::json!({ "command_id": self.command_id }))
+    }
 }
 
 struct RunnerWorkerEvents {
@@ -280,32 +305,88 @@ struct RunnerWorkerEvents {
     session: Arc<dyn RunnerSession>,
     connected: bool,
     poll: tokio::time::Interval,
+    /// Events with a sequence at or below this were recorded before a restart: skipped.
+    skip_through: u64,
+    /// After a restart: the first new event is checked for a gap in sequences.
+    check_gap: bool,
+    /// An event held back behind the gap diagnostic.
+    pending: Option<RunnerEvent>,
+}
+
+/// A runner event as a worker event (`None` for the end of the stream).
+fn convert(event: RunnerEvent) -> Option<WorkerOutput> {
+    match event {
+        RunnerEvent::Output { stream, chunk, seq } => Some(WorkerOutput::Output {
+            stream: match stream {
+                RunnerStream::Stdout => "stdout",
+                RunnerStream::Stderr => "stderr",
+                RunnerStream::Pty => "pty",
+            },
+            bytes: chunk,
+            seq: Some(seq),
+        }),
+        RunnerEvent::Exited { exit_code, seq } => Some(WorkerOutput::Exited {
+            code: Some(exit_code),
+            signal: None,
+            status: format!("exit code {exit_code}"),
+            seq: Some(seq),
+        }),
+        RunnerEvent::Closed { .. } => None,
+        RunnerEvent::Failed { message } => Some(WorkerOutput::Lost { message }),
+    }
+}
+
+impl RunnerWorkerEvents {
+    fn new(process: RunnerProcess, session: Arc<dyn RunnerSession>, skip_through: u64) -> Self {
+        let mut poll = tokio::time::interval(CONNECTION_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self {
+            process,
+            connected: session.is_connected(),
+            session,
+            poll,
+            skip_through,
+            check_gap: skip_through > 0,
+            pending: None,
+        }
+    }
 }
 
 #[async_trait]
 impl WorkerEvents for RunnerWorkerEvents {
     async fn next(&mut self) -> Option<WorkerOutput> {
+        if let Some(event) = self.pending.take() {
+            return convert(event);
+        }
         loop {
             tokio::select! {
                 biased;
                 event = self.process.next_event() => {
-                    return match event? {
-                        RunnerEvent::Output { stream, chunk, .. } => Some(WorkerOutput::Output {
-                            stream: match stream {
-                                RunnerStream::Stdout => "stdout",
-                                RunnerStream::Stderr => "stderr",
-                                RunnerStream::Pty => "pty",
-                            },
-                            bytes: chunk,
-                        }),
-                        RunnerEvent::Exited { exit_code, .. } => Some(WorkerOutput::Exited {
-                            code: Some(exit_code),
-                            signal: None,
-                            status: format!("exit code {exit_code}"),
-                        }),
-                        RunnerEvent::Closed { .. } => None,
-                        RunnerEvent::Failed { message } => Some(WorkerOutput::Lost { message }),
+                    let event = event?;
+                    let seq = match &event {
+                        RunnerEvent::Output { seq, .. }
+                        | RunnerEvent::Exited { seq, .. }
+                        | RunnerEvent::Closed { seq } => Some(*seq),
+                        RunnerEvent::Failed { .. } => None,
                     };
+                    if let Some(seq) = seq {
+                        if seq <= self.skip_through {
+                            continue;
+                        }
+                        if std::mem::take(&mut self.check_gap) && seq > self.skip_through + 1 {
+                            self.pending = Some(event);
+                            return Some(WorkerOutput::Diagnostic {
+                                code: codes::OUTPUT_GAP.into(),
+                                severity: "warning",
+                                message: format!(
+                                    "events {}..{} of the worker were dropped by the runtime while the backend was away",
+                                    self.skip_through + 1,
+                                    seq - 1
+                                ),
+                            });
+                        }
+                    }
+                    return convert(event);
                 }
                 _ = self.poll.tick() => {
                     let now = self.session.is_connected();
@@ -350,13 +431,74 @@ impl Runtime for RunnerRuntime {
         }
     }
 
-    /// Closes the session (kills its running commands; a fresh local workspace is removed).
+    /// Closes the session (kills its running commands; a fresh local workspace is removed) —
+    /// except on an exec server ([`Runtime::keeps_workers`]), whose session is left to the
+    /// server: it keeps the workers running for its session TTL, so a restarted backend can
+    /// resume it and follow them again.
     async fn shutdown(&self) {
-        if let Some(s) = self.session.lock().await.take()
-            && let Err(e) = s.close().await
-        {
+        let Some(s) = self.session.lock().await.take() else {
+            return;
+        };
+        if self.keeps_workers() {
+            return;
+        }
+        if let Err(e) = s.close().await {
             tracing::warn!(runtime = %self.id, error = %e, "closing the runtime's session");
         }
+    }
+
+    fn keeps_workers(&self) -> bool {
+        self.kind == baton_runner::EXEC_SERVER_PROVIDER_ID
+    }
+
+    fn session_state(&self) -> Option<serde_json::Value> {
+        let slot = self.session.try_lock().ok()?;
+        serde_json::to_value(slot.as_ref()?.state()).ok()
+    }
+
+    async fn recover(&self, saved: Option<serde_json::Value>) {
+        let saved = saved
+            .filter(|_| self.keeps_workers())
+            .and_then(|v| serde_json::from_value::<RunnerSessionState>(v).ok());
+        *self.saved.lock().unwrap_or_else(|p| p.into_inner()) = saved;
+        // Failures are logged by `session` and shown as the runtime's state.
+        let _ = self.session().await;
+    }
+
+    async fn reattach(
+        &self,
+        handle: &serde_json::Value,
+        after_seq: u64,
+    ) -> Result<(Arc<dyn WorkerControl>, Box<dyn WorkerEvents>), RuntimeError> {
+        let command_id = handle["command_id"]
+            .as_str()
+            .ok_or_else(|| RuntimeError::Invalid {
+                message: "the stored worker handle has no command id".into(),
+                source: None,
+            })?
+            .to_owned();
+        let session = self.session().await?;
+        let process = tokio::time::timeout(self.timeout, session.attach_command(&command_id))
+            .await
+            .map_err(|_| {
+                RuntimeError::Timeout(format!(
+                    "runtime {:?} did not find the worker within {} s",
+                    self.id,
+                    self.timeout.as_secs_f64()
+                ))
+            })?
+            .map_err(|e| {
+                self.redactor
+                    .error(runtime_error("cannot follow the worker again", e))
+            })?;
+        let control = RunnerControl {
+            session: session.clone(),
+            command_id,
+            stdin: process.stdin(),
+            redactor: self.redactor.clone(),
+        };
+        let events = RunnerWorkerEvents::new(process, session, after_seq);
+        Ok((Arc::new(control), Box::new(events)))
     }
 
     fn capabilities(&self) -> RuntimeCapabilities {
@@ -421,20 +563,13 @@ impl Runtime for RunnerRuntime {
                 )));
             }
         };
-        let mut poll = tokio::time::interval(CONNECTION_POLL);
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let control = RunnerControl {
             session: session.clone(),
             command_id,
             stdin: process.stdin(),
             redactor: self.redactor.clone(),
         };
-        let events = RunnerWorkerEvents {
-            process,
-            connected: session.is_connected(),
-            session,
-            poll,
-        };
+        let events = RunnerWorkerEvents::new(process, session, 0);
         Ok((Arc::new(control), Box::new(events)))
     }
 }

@@ -51,6 +51,9 @@ pub enum WorkerOutput {
         stream: &'static str,
         /// The bytes.
         bytes: Vec<u8>,
+        /// The runtime's sequence number of this chunk, when it has one (exec-server `seq`):
+        /// recorded so that following the worker again after a restart resumes after it.
+        seq: Option<u64>,
     },
     /// The worker's main process ended.
     Exited {
@@ -60,6 +63,8 @@ pub enum WorkerOutput {
         signal: Option<i32>,
         /// Human-readable status, e.g. `exit code 0`.
         status: String,
+        /// The runtime's sequence number of the exit, when it has one.
+        seq: Option<u64>,
     },
     /// Something about the connection to the worker (recorded as a `diagnostic` event), e.g.
     /// `backend.upstream_disconnect` when a remote runtime's connection dropped.
@@ -119,6 +124,12 @@ pub trait WorkerControl: Send + Sync + 'static {
     async fn interrupt(&self) -> Result<(), RuntimeError>;
     /// Kills the worker's whole process tree.
     async fn terminate(&self);
+    /// What the runtime needs to follow this worker again after a backend restart
+    /// ([`Runtime::reattach`]); secret-free JSON, stored in the event log. `None` (the default):
+    /// the worker cannot outlive the backend.
+    fn handle(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// The ordered events of a running worker; `None` after the last one (all streams closed and
@@ -145,9 +156,46 @@ pub trait Runtime: Send + Sync + 'static {
     fn capabilities(&self) -> RuntimeCapabilities;
     /// Working directory of a worker spawned without `cwd`.
     fn default_cwd(&self) -> PathBuf;
-    /// Releases the runtime on backend shutdown (after its workers were stopped). Default:
-    /// nothing to release.
+    /// Releases the runtime on backend shutdown (after its workers were stopped, unless
+    /// [`Runtime::keeps_workers`]). Default: nothing to release.
     async fn shutdown(&self) {}
+
+    /// Whether this runtime's workers keep running when the backend stops, so that a restarted
+    /// backend can follow them again ([`Runtime::reattach`]); then shutdown leaves them alone.
+    /// Default `false`: they are stopped with the backend.
+    fn keeps_workers(&self) -> bool {
+        false
+    }
+
+    /// Persistable, secret-free state of the runtime's session, stored by the backend after
+    /// each spawn and handed to [`Runtime::recover`] after a restart. Default `None`.
+    fn session_state(&self) -> Option<serde_json::Value> {
+        None
+    }
+
+    /// Called once when the backend starts, with the state last stored from
+    /// [`Runtime::session_state`]: resume that session (so [`Runtime::reattach`] can find
+    /// its workers) or open a fresh one. Default: nothing.
+    async fn recover(&self, saved: Option<serde_json::Value>) {
+        let _ = saved;
+    }
+
+    /// Follows a worker again after a backend restart, from its [`WorkerControl::handle`]:
+    /// events already recorded (runtime sequence `<= after_seq`) are skipped.
+    ///
+    /// # Errors
+    /// [`RuntimeError::Unsupported`] (the default), or why the worker cannot be found.
+    async fn reattach(
+        &self,
+        handle: &serde_json::Value,
+        after_seq: u64,
+    ) -> Result<(Arc<dyn WorkerControl>, Box<dyn WorkerEvents>), RuntimeError> {
+        let _ = (handle, after_seq);
+        Err(RuntimeError::Unsupported(format!(
+            "runtime {:?} cannot follow workers across a restart",
+            self.id()
+        )))
+    }
 
     /// Starts a worker.
     ///
@@ -219,11 +267,13 @@ impl WorkerEvents for LocalEvents {
             baton_exec::ProcessEvent::Output { stream, chunk, .. } => Some(WorkerOutput::Output {
                 stream: stream.name(),
                 bytes: chunk.to_vec(),
+                seq: None,
             }),
             baton_exec::ProcessEvent::Exited { status, .. } => Some(WorkerOutput::Exited {
                 code: status.code(),
                 signal: status.signal(),
                 status: status.to_string(),
+                seq: None,
             }),
             baton_exec::ProcessEvent::Closed { .. } => None,
         }

@@ -497,3 +497,154 @@ async fn a_restarted_exec_server_gets_a_new_session() {
     assert_eq!(output_text(&events), "alive\n");
     backend.shutdown().await;
 }
+
+/// A backend with one exec-server runtime (`build1` at `url`, workspace `root`) on its own
+/// thread and Tokio runtime, so the test can make it vanish like a crashed process.
+struct IsolatedBackend {
+    addr: SocketAddr,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl IsolatedBackend {
+    fn start(data: &std::path::Path, url: &str, root: &std::path::Path) -> Self {
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let (data, url, root) = (data.to_path_buf(), url.to_owned(), root.to_path_buf());
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let destination = parse_destination(
+                    "build1",
+                    &url,
+                    &DestinationOptions {
+                        workspace: Some(root.clone()),
+                        ..Default::default()
+                    },
+                )
+                .expect("destination");
+                let runtime = Arc::new(RunnerRuntime::new(
+                    "build1",
+                    Arc::new(ExecServerProvider::new(&data.join("runners")).expect("provider")),
+                    destination,
+                    GUARD,
+                ));
+                let backend =
+                    Backend::open(BackendConfig::new(&data), vec![runtime]).expect("backend");
+                backend.recover().await;
+                addr_tx.send(serve(&backend).await).expect("send addr");
+            });
+            let _ = stop_rx.recv();
+            // Every task is dropped: the exec-server connection closes without a goodbye.
+            rt.shutdown_timeout(Duration::from_secs(10));
+        });
+        let addr = addr_rx.recv_timeout(GUARD).expect("backend address");
+        Self {
+            addr,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    fn kill(mut self) {
+        self.stop.take();
+        if let Some(t) = self.thread.take() {
+            t.join().expect("backend thread");
+        }
+    }
+}
+
+impl Drop for IsolatedBackend {
+    fn drop(&mut self) {
+        self.stop.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The backend dies while a worker on an exec-server runtime prints; the worker keeps running
+/// on the exec server, a new backend on the same data resumes the runtime's session, follows
+/// the worker again, and an observer from the first cursor sees every line exactly once, in
+/// order, across both backends; the worker can still be stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_on_an_exec_server_survive_a_backend_restart() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let root_path = root.path().canonicalize().expect("canonical root");
+    let (exec, exec_addr) = exec_server_at(&root_path, "127.0.0.1:0".parse().expect("addr")).await;
+    let url = format!("ws://{exec_addr}");
+    let data = tempfile::tempdir().expect("tempdir");
+
+    let first = IsolatedBackend::start(data.path(), &url, &root_path);
+    let (status, summary) = http(
+        first.addr,
+        "POST",
+        "/api/runtimes/build1/workers",
+        Some(
+            &json!({"argv": ["sh", "-c",
+                "i=0; while :; do echo line $i; i=$((i+1)); sleep 0.005; done"]})
+            .to_string(),
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(status, 201, "{summary}");
+    let w = summary["worker_id"].as_str().expect("id").to_owned();
+    let mut ws = observe(first.addr, "build1", &w, Some("bo_0000000000000000")).await;
+    events_until(&mut ws, |p| {
+        p["type"] == "output" && p["text"].as_str().is_some_and(|t| t.contains("line 50\n"))
+    })
+    .await;
+    drop(ws);
+    first.kill();
+
+    let second = IsolatedBackend::start(data.path(), &url, &root_path);
+    let mut ws = observe(second.addr, "build1", &w, Some("bo_0000000000000000")).await;
+    let mut events = events_until(&mut ws, |p| p["code"] == "backend.worker_reattached").await;
+    events.extend(
+        events_until(&mut ws, |p| {
+            p["type"] == "output" && p["text"].as_str().is_some_and(|t| t.contains("line 300\n"))
+        })
+        .await,
+    );
+    let (status, r) = http(
+        second.addr,
+        "POST",
+        &format!("/api/runtimes/build1/workers/{w}/stop"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, r["state"].as_str()),
+        (200, Some("accepted")),
+        "{r}"
+    );
+    events.extend(events_until(&mut ws, is_exit).await);
+
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["payload"]["code"] == "backend.worker_lost"),
+        "the worker was followed again, not lost"
+    );
+    let numbers: Vec<u64> = output_text(&events)
+        .lines()
+        .filter_map(|l| l.strip_prefix("line ").and_then(|n| n.parse().ok()))
+        .collect();
+    assert_eq!(numbers[0], 0);
+    assert!(numbers.len() > 300, "{}", numbers.len());
+    // Every line but a possibly cut last one, exactly once and in order, across the restart.
+    assert!(
+        numbers[..numbers.len() - 1]
+            .windows(2)
+            .all(|p| p[1] == p[0] + 1),
+        "gap or duplicate across the restart: {numbers:?}"
+    );
+    drop(second);
+    exec.shutdown();
+}

@@ -110,7 +110,8 @@ enum WorkersCommand {
         /// Label.
         #[arg(long)]
         label: Option<String>,
-        /// Absolute working directory.
+        /// Absolute working directory on the runtime (default: the current directory for the
+        /// `local` runtime, the runtime's workspace for the others).
         #[arg(long)]
         cwd: Option<String>,
         /// Run on a pseudo-terminal.
@@ -237,12 +238,17 @@ pub fn serve_main(args: ServeArgs) -> anyhow::Result<ExitCode> {
         )?));
     }
     runtime()?.block_on(async move {
-        let mut extra: Vec<std::sync::Arc<dyn baton_backend::Runtime>> = Vec::new();
-        for r in runners {
-            r.start();
-            extra.push(r);
-        }
+        let extra: Vec<std::sync::Arc<dyn baton_backend::Runtime>> = runners
+            .into_iter()
+            .map(|r| r as std::sync::Arc<dyn baton_backend::Runtime>)
+            .collect();
         let backend = Backend::open(config, extra).context("cannot open the backend")?;
+        // Open the runtimes' sessions (resuming the previous run's) and follow again the
+        // workers they kept, in the background: serving starts at once.
+        tokio::spawn({
+            let backend = backend.clone();
+            async move { backend.recover().await }
+        });
         let scheme = if tls.is_some() { "https" } else { "http" };
         let options = ServeOptions { token, tls };
         let listener = baton_backend::bind(args.listen, &options).await?;
@@ -309,11 +315,14 @@ pub fn workers_main(args: WorkersArgs) -> anyhow::Result<ExitCode> {
                     };
                     vars.insert(k.to_owned(), v.into());
                 }
+                // Our directory means something only on the embedded runtime (this host);
+                // elsewhere the runtime's workspace is the default.
                 let cwd = match cwd {
                     Some(c) => Some(c),
-                    None => std::env::current_dir()
+                    None if runtime == "local" => std::env::current_dir()
                         .ok()
                         .map(|d| d.display().to_string()),
+                    None => None,
                 };
                 let request = serde_json::json!({
                     "argv": argv, "cwd": cwd, "tty": tty, "label": label, "env": vars,

@@ -144,6 +144,42 @@ fn serve_with_a_remote_exec_server_runtime() {
         "{out:?}"
     );
     assert_eq!(out.status.code(), Some(3));
+
+    // `baton serve` is killed (SIGKILL) while a worker runs on the exec server; a new `baton
+    // serve` on the same data follows it again: attach shows every tick once, and its exit.
+    let serve_args = [
+        std::ffi::OsString::from("--runtime"),
+        format!("build1={}", ws_url.trim()).into(),
+        "--workdir".into(),
+        root_path.clone().into(),
+        "--data".into(),
+        data.path().into(),
+    ];
+    let out = run(
+        &[
+            "workers",
+            "spawn",
+            "--url",
+            &url,
+            "--runtime",
+            "build1",
+            "--",
+            "sh",
+            "-c",
+            "for i in $(seq 1 40); do echo tick $i; sleep 0.05; done; exit 6",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{out:?}");
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    drop(_server);
+    let (_server, url) = serve(&serve_args);
+    let out = run(&["attach", "--url", &url, &id], "");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let ticks: Vec<&str> = text.lines().filter(|l| l.starts_with("tick ")).collect();
+    let expected: Vec<String> = (1..=40).map(|i| format!("tick {i}")).collect();
+    assert_eq!(ticks, expected, "{out:?}");
+    assert_eq!(out.status.code(), Some(6), "{out:?}");
 }
 
 /// Starts `baton serve` with `args` and returns the guard and its URL.

@@ -80,8 +80,15 @@ pub mod codes {
     pub const WORKER_NOT_RUNNING: &str = "backend.worker_not_running";
     /// The input was recorded but could not be written to the worker.
     pub const INPUT_NOT_DELIVERED: &str = "backend.input_not_delivered";
-    /// The worker was running when the backend stopped (seen after a restart).
+    /// The worker was running when the backend stopped and cannot be followed again (seen
+    /// after a restart).
     pub const WORKER_LOST: &str = "backend.worker_lost";
+    /// After a backend restart, the worker (still running on its remote runtime) is followed
+    /// again; events recorded before the restart are not repeated.
+    pub const WORKER_REATTACHED: &str = "backend.worker_reattached";
+    /// The runtime dropped some of the worker's events while the backend was away (its
+    /// retention buffer overflowed); the message gives the missing range.
+    pub const OUTPUT_GAP: &str = "backend.output_gap";
     /// Retention removed the beginning of the transcript.
     pub const TRANSCRIPT_TRUNCATED: &str = "backend.transcript_truncated";
     /// 500: the event log failed.

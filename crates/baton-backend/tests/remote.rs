@@ -417,11 +417,22 @@ async fn exec_server_at(
     root: &std::path::Path,
     addr: SocketAddr,
 ) -> (baton_server::ExecServer, SocketAddr) {
-    let exec = baton_server::ExecServer::new(baton_server::ServerConfig {
-        roots: vec![root.to_path_buf()],
-        ..baton_server::ServerConfig::default()
-    })
-    .expect("exec server");
+    exec_server_with(
+        baton_server::ServerConfig {
+            roots: vec![root.to_path_buf()],
+            ..baton_server::ServerConfig::default()
+        },
+        addr,
+    )
+    .await
+}
+
+/// Starts an in-process `baton exec-server` with `config` on `addr`.
+async fn exec_server_with(
+    config: baton_server::ServerConfig,
+    addr: SocketAddr,
+) -> (baton_server::ExecServer, SocketAddr) {
+    let exec = baton_server::ExecServer::new(config).expect("exec server");
     let listener = exec
         .bind_ws(addr, baton_server::ListenOptions::default())
         .await
@@ -645,6 +656,81 @@ async fn workers_on_an_exec_server_survive_a_backend_restart() {
             .all(|p| p[1] == p[0] + 1),
         "gap or duplicate across the restart: {numbers:?}"
     );
+    drop(second);
+    exec.shutdown();
+}
+
+/// While the backend is away, a worker prints more than the exec server retains: the restarted
+/// backend says which events are missing (`backend.output_gap`) instead of pretending the log
+/// is complete, and goes on with what follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_dropped_while_the_backend_was_away_are_reported_as_a_gap() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let root_path = root.path().canonicalize().expect("canonical root");
+    let (exec, exec_addr) = exec_server_with(
+        baton_server::ServerConfig {
+            roots: vec![root_path.clone()],
+            retained_bytes: 4096,
+            ..baton_server::ServerConfig::default()
+        },
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .await;
+    let url = format!("ws://{exec_addr}");
+    let data = tempfile::tempdir().expect("tempdir");
+    let first = IsolatedBackend::start(data.path(), &url, &root_path);
+    // Waits for `go`, prints 64 chunks of 1 KiB, says so on disk, then prints `after`.
+    let script = "echo waiting; while [ ! -f go ]; do sleep 0.01; done; \
+                  for i in $(seq 1 64); do head -c 1023 /dev/zero | tr '\\0' x; echo; sleep 0.001; done; \
+                  touch burst-done; while [ ! -f finish ]; do sleep 0.01; done; echo after";
+    let (status, summary) = http(
+        first.addr,
+        "POST",
+        "/api/runtimes/build1/workers",
+        Some(&json!({"argv": ["sh", "-c", script], "cwd": root_path}).to_string()),
+        None,
+    )
+    .await;
+    assert_eq!(status, 201, "{summary}");
+    let w = summary["worker_id"].as_str().expect("id").to_owned();
+    let mut ws = observe(first.addr, "build1", &w, Some("bo_0000000000000000")).await;
+    events_until(&mut ws, |p| {
+        p["type"] == "output" && p["text"].as_str().is_some_and(|t| t.contains("waiting"))
+    })
+    .await;
+    drop(ws);
+    first.kill();
+
+    std::fs::write(root_path.join("go"), "").expect("go");
+    let deadline = std::time::Instant::now() + GUARD;
+    while !root_path.join("burst-done").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the burst never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let second = IsolatedBackend::start(data.path(), &url, &root_path);
+    let mut ws = observe(second.addr, "build1", &w, Some("bo_0000000000000000")).await;
+    let mut events = events_until(&mut ws, |p| p["code"] == "backend.output_gap").await;
+    std::fs::write(root_path.join("finish"), "").expect("finish");
+    events.extend(events_until(&mut ws, is_exit).await);
+    let gap = events
+        .iter()
+        .find(|e| e["payload"]["code"] == "backend.output_gap")
+        .expect("gap");
+    assert!(
+        gap["payload"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("dropped by the runtime")),
+        "{gap}"
+    );
+    assert!(
+        output_text(&events).ends_with("after\n"),
+        "{}",
+        output_text(&events)
+    );
+    assert_eq!(events.last().expect("exit")["payload"]["exit_code"], 0);
     drop(second);
     exec.shutdown();
 }

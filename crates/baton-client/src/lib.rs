@@ -241,9 +241,45 @@ struct ProcState {
     wake: watch::Sender<u64>,
     catching_up: AtomicBool,
     watching_gap: AtomicBool,
+    /// Set by [`ExecClient::attach`]: output the server evicted before the first catch-up is
+    /// skipped (the follower starts at the first retained event, and sees the jump in `seq`)
+    /// instead of failing the process.
+    skip_evicted: AtomicBool,
+}
+
+impl Ordered {
+    /// Sends every pending event that directly follows `last`, in order; a `Closed` event ends
+    /// the process.
+    fn release(&mut self, tx: &mpsc::UnboundedSender<ProcessEvent>) {
+        while let Some(ev) = self.pending.remove(&(self.last + 1)) {
+            self.last += 1;
+            let closed = matches!(ev, ProcessEvent::Closed { .. });
+            let _ = tx.send(ev);
+            if closed {
+                self.done = true;
+                self.pending.clear();
+                break;
+            }
+        }
+    }
 }
 
 impl ProcState {
+    /// Moves the published position to `seq` without publishing what lies before it (events
+    /// the server no longer has), then publishes whatever was waiting right after it.
+    fn skip_to(&self, seq: u64) {
+        let mut o = lock(&self.ordered);
+        if o.done || seq <= o.last {
+            return;
+        }
+        o.last = seq;
+        o.pending.retain(|s, _| *s > seq);
+        o.release(&self.tx);
+        let last = o.last;
+        drop(o);
+        self.wake.send_modify(|w| *w = (*w).max(last));
+    }
+
     /// Publishes `event` once every lower seq has been published; returns whether the process
     /// is now finished and whether the reorder window overflowed.
     fn publish(&self, event: ProcessEvent, window: usize) -> (bool, bool) {
@@ -268,19 +304,7 @@ impl ProcState {
             return (false, false, !o.pending.is_empty());
         }
         o.pending.entry(seq).or_insert(event);
-        while let Some(ev) = {
-            let next = o.last + 1;
-            o.pending.remove(&next)
-        } {
-            o.last += 1;
-            let closed = matches!(ev, ProcessEvent::Closed { .. });
-            let _ = self.tx.send(ev);
-            if closed {
-                o.done = true;
-                o.pending.clear();
-                break;
-            }
-        }
+        o.release(&self.tx);
         let last = o.last;
         let (done, overflow, gap) = (o.done, o.pending.len() > window, !o.pending.is_empty());
         drop(o);
@@ -459,9 +483,14 @@ async fn catch_up(client: &ExecClient, id: &ProcessId, state: &ProcState) -> Res
             })
             .await
             .map_err(|e| format!("cannot catch up process `{id}`: {e}"))?;
+        let skip = state.skip_evicted.swap(false, Ordering::SeqCst);
         if let Some(e) = r.evicted_before
             && e > after + 1
         {
+            if skip {
+                state.skip_to(e - 1);
+                continue;
+            }
             return Err(format!(
                 "output of process `{id}` between seq {} and {} was evicted on the server",
                 after + 1,
@@ -686,13 +715,15 @@ impl ExecClient {
     }
 
     /// Follows the events of a process started elsewhere (e.g. before a client restart), from
-    /// its first retained event: the gap is filled with `process/read`.
+    /// its first retained event: the gap is filled with `process/read`. Output the server already
+    /// evicted is skipped (the first event's `seq` then jumps past it).
     ///
     /// Errors: [`ClientError::DuplicateProcess`] when the id is already followed here.
     pub fn attach(&self, process_id: &str) -> Result<RemoteProcess, ClientError> {
         let id = ProcessId::from(process_id);
         let process = self.follow(&id)?;
         if let Some(state) = lock(&self.inner.procs).get(&id).cloned() {
+            state.skip_evicted.store(true, Ordering::SeqCst);
             spawn_catch_up(self.inner.clone(), id, state);
         }
         Ok(process)
@@ -711,6 +742,7 @@ impl ExecClient {
             wake,
             catching_up: AtomicBool::new(false),
             watching_gap: AtomicBool::new(false),
+            skip_evicted: AtomicBool::new(false),
         });
         {
             let mut procs = lock(&self.inner.procs);

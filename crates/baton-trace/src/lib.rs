@@ -107,6 +107,11 @@ pub use unsupported::{ChildHook, Supervisor};
 ))]
 use std::os::fd::{FromRawFd, OwnedFd};
 
+/// The environment variable that keeps the supervisor thread at its normal scheduling priority:
+/// `0` turns off the real-time priority (`SCHED_FIFO`, lowest level) it otherwise asks for, which
+/// the kernel grants only with `CAP_SYS_NICE` or an `RLIMIT_RTPRIO` above 0 (see [`Supervisor`]).
+pub const REALTIME_ENV: &str = "BATON_TRACE_REALTIME";
+
 /// Errors of setting up or running a trace.
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {

@@ -1,7 +1,6 @@
 //! The result of a traced run: which paths were touched how, and which network peers were contacted.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::OsString;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -264,7 +263,7 @@ impl AccessLog {
 
 /// Collects an [`AccessLog`] on the supervisor thread: paths go into a hash map keyed by their raw
 /// bytes (comparing `Path`s component by component in a `BTreeMap` was the supervisor's hottest
-/// code) and are sorted once at the end.
+/// code) and are sorted once at the end. A path already seen costs no allocation.
 #[cfg_attr(
     not(all(
         target_os = "linux",
@@ -274,7 +273,7 @@ impl AccessLog {
 )]
 #[derive(Default)]
 pub(crate) struct Recorder {
-    paths: HashMap<OsString, AccessKinds>,
+    paths: HashMap<Box<[u8]>, AccessKinds>,
     pub(crate) log: AccessLog,
 }
 
@@ -286,21 +285,36 @@ pub(crate) struct Recorder {
     allow(dead_code, reason = "only the Linux supervisor records")
 )]
 impl Recorder {
-    pub(crate) fn record(&mut self, path: PathBuf, kind: AccessKind) {
-        self.paths
-            .entry(path.into_os_string())
-            .or_default()
-            .insert(kind);
+    /// Adds `kind` for the absolute, normalised path `path` (raw bytes).
+    pub(crate) fn record(&mut self, path: &[u8], kind: AccessKind) {
+        if let Some(kinds) = self.paths.get_mut(path) {
+            kinds.insert(kind);
+        } else {
+            let mut kinds = AccessKinds::EMPTY;
+            kinds.insert(kind);
+            self.paths.insert(path.into(), kinds);
+        }
     }
 
     pub(crate) fn finish(mut self) -> AccessLog {
         self.log.paths = self
             .paths
             .into_iter()
-            .map(|(p, k)| (PathBuf::from(p), k))
+            .map(|(p, k)| (path_from_bytes(p), k))
             .collect();
         self.log
     }
+}
+
+#[cfg(unix)]
+fn path_from_bytes(bytes: Box<[u8]>) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    PathBuf::from(std::ffi::OsString::from_vec(bytes.into_vec()))
+}
+
+#[cfg(not(unix))]
+fn path_from_bytes(bytes: Box<[u8]>) -> PathBuf {
+    PathBuf::from(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 #[cfg(test)]

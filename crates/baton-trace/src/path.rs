@@ -1,40 +1,50 @@
 //! Lexical path normalisation on raw bytes (paths from a tracee need not be UTF-8).
 
+#[cfg(test)]
 use std::ffi::OsString;
+#[cfg(test)]
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+#[cfg(test)]
 use std::path::{Path, PathBuf};
 
 /// Joins `rel` onto the absolute `base` (ignored when `rel` is absolute) and removes `.`, `..`,
 /// repeated and trailing slashes without touching the file system. `..` at the root stays at the
 /// root, as the kernel does.
+#[cfg(test)]
 pub(crate) fn join_normalize(base: &Path, rel: &[u8]) -> PathBuf {
-    let mut parts: Vec<&[u8]> = Vec::new();
-    let base = base.as_os_str().as_bytes();
-    let sources: [&[u8]; 2] = if rel.first() == Some(&b'/') {
-        [b"", rel]
+    let mut out = Vec::new();
+    push_normalized(&mut out, base.as_os_str().as_bytes(), rel);
+    PathBuf::from(OsString::from_vec(out))
+}
+
+/// Appends to `out` the normalised join of `rel` onto the absolute `base` (see
+/// [`join_normalize`]); what `out` held before is left alone. Allocates only when `out` must
+/// grow.
+pub(crate) fn push_normalized(out: &mut Vec<u8>, base: &[u8], rel: &[u8]) {
+    let start = out.len();
+    let base = if rel.first() == Some(&b'/') {
+        b""
     } else {
-        [base, rel]
+        base
     };
-    for source in sources {
+    for source in [base, rel] {
         for part in source.split(|b| *b == b'/') {
             match part {
                 b"" | b"." => {}
                 b".." => {
-                    parts.pop();
+                    let last = out[start..].iter().rposition(|b| *b == b'/').unwrap_or(0);
+                    out.truncate(start + last);
                 }
-                other => parts.push(other),
+                other => {
+                    out.push(b'/');
+                    out.extend_from_slice(other);
+                }
             }
         }
     }
-    let mut out = Vec::with_capacity(base.len() + rel.len() + 1);
-    for part in &parts {
-        out.push(b'/');
-        out.extend_from_slice(part);
-    }
-    if out.is_empty() {
+    if out.len() == start {
         out.push(b'/');
     }
-    PathBuf::from(OsString::from_vec(out))
 }
 
 #[cfg(test)]
@@ -55,6 +65,16 @@ mod tests {
         assert_eq!(n("/", "../../x"), "/x");
         assert_eq!(n("/a", ".."), "/");
         assert_eq!(n("/a/b", ""), "/a/b");
+        assert_eq!(n("/a/b", "../../../c/./d/.."), "/c");
+    }
+
+    #[test]
+    fn appends_after_existing_bytes() {
+        let mut out = b"/keep".to_vec();
+        push_normalized(&mut out, b"/x/y", b"../../..");
+        assert_eq!(out, b"/keep/");
+        push_normalized(&mut out, b"/x", b"z/../w");
+        assert_eq!(out, b"/keep//x/w");
     }
 
     #[test]

@@ -1,12 +1,9 @@
 //! The supervisor side: a thread that receives seccomp notifications, records what they touch and
 //! lets every call continue.
 
-use std::ffi::OsString;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStringExt;
-use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
 use libc::{c_int, c_void};
@@ -14,14 +11,17 @@ use libc::{c_int, c_void};
 use crate::TraceError;
 use crate::filter::{NATIVE_ARCH, Sys, sys_of};
 use crate::log::{AccessKind, AccessLog, Recorder};
-use crate::path::join_normalize;
+use crate::path::push_normalized;
 
 /// Collects the [`AccessLog`] of one traced child and its whole tree, on a background thread.
 ///
 /// Created by [`start`](crate::start) together with its [`ChildHook`](crate::ChildHook). The thread
 /// first waits for the hook to hand over the notification listener, then answers every traced system
 /// call with `SECCOMP_USER_NOTIF_FLAG_CONTINUE` after recording it; it never blocks a tracee for more
-/// than a few reads of `/proc` and the tracee's memory.
+/// than a few reads of `/proc` and the tracee's memory. The thread asks for real-time priority
+/// (`SCHED_FIFO`, lowest level) so that a blocked tracee is answered at once even when the task
+/// keeps every core busy; without the privilege for it, or with
+/// [`REALTIME_ENV`](crate::REALTIME_ENV)`=0`, it runs at normal priority.
 ///
 /// Dropping a supervisor without calling [`finish`](Supervisor::finish) or
 /// [`wait_tree`](Supervisor::wait_tree) stops the thread (as `finish` does) and discards the log.
@@ -136,6 +136,7 @@ fn run(sock: OwnedFd, stop: OwnedFd) -> io::Result<AccessLog> {
     // child's spawn fails instead of running untraced.
     drop(sock);
     let mut notifier = Notifier::new(listener)?;
+    raise_priority();
     loop {
         let mut fds = [
             pollfd(notifier.fd(), libc::POLLIN),
@@ -158,6 +159,34 @@ fn run(sock: OwnedFd, stop: OwnedFd) -> io::Result<AccessLog> {
         } else if fds[0].revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
             return Ok(log.finish());
         }
+    }
+}
+
+/// Puts the calling (supervisor) thread in `SCHED_FIFO` at the lowest real-time priority, unless
+/// [`REALTIME_ENV`](crate::REALTIME_ENV) is `0`.
+///
+/// Every traced call blocks its process until this thread has answered; when the task keeps every
+/// core busy (node's compiler and GC threads do), a normal-priority supervisor waits for a time
+/// slice after each wake-up and the tracee again after the reply. A real-time supervisor runs at
+/// once on the CPU the tracee just left (`SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP`) and yields it back
+/// as soon as it blocks again. It never spins, so it cannot starve anything (and the kernel's
+/// real-time throttling bounds it regardless). `SCHED_RESET_ON_FORK` keeps the policy from
+/// reaching any process this thread might fork. Without the privilege (`CAP_SYS_NICE`, or an
+/// `RLIMIT_RTPRIO` of at least 1) the call fails with `EPERM` and the thread stays as it is.
+fn raise_priority() {
+    if std::env::var_os(crate::REALTIME_ENV).is_some_and(|v| v == "0") {
+        return;
+    }
+    // SAFETY: plain scheduler calls on the calling thread (pid 0) with a valid `sched_param`.
+    unsafe {
+        let param = libc::sched_param {
+            sched_priority: libc::sched_get_priority_min(libc::SCHED_FIFO).max(1),
+        };
+        libc::sched_setscheduler(
+            0,
+            libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK,
+            &raw const param,
+        );
     }
 }
 
@@ -256,13 +285,21 @@ const PATH_MAX: usize = 4096;
 /// `process_vm_readv` transfers whole iovecs only, so reads are split at this boundary (the smallest
 /// page size; a larger real page size only makes the split finer than needed).
 const CHUNK: usize = 4096;
+/// How much of a path the first read takes (most paths are shorter; a longer one costs a second
+/// read).
+const FIRST_READ: usize = 256;
 
 struct Notifier {
     listener: OwnedFd,
     /// Receive buffer, sized by `SECCOMP_GET_NOTIF_SIZES` (the kernel may know a larger struct).
     buf: Vec<u64>,
+    /// The path argument as read from the tracee (`PATH_MAX` bytes).
     path_buf: Vec<u8>,
-    events: Vec<(PathBuf, AccessKind)>,
+    /// The target of a `/proc/PID/cwd` or `/proc/PID/fd/N` link (`PATH_MAX` bytes).
+    base_buf: Vec<u8>,
+    /// The resolved paths of the current notification, back to back; `events` holds their ranges.
+    paths: Vec<u8>,
+    events: Vec<(usize, usize, AccessKind)>,
     connects: Vec<SocketAddr>,
     miss_memory: u64,
     miss_base: u64,
@@ -303,6 +340,8 @@ impl Notifier {
             listener,
             buf: vec![0; bytes.div_ceil(8)],
             path_buf: vec![0; PATH_MAX],
+            base_buf: vec![0; PATH_MAX],
+            paths: Vec::with_capacity(2 * PATH_MAX),
             events: Vec::new(),
             connects: Vec::new(),
             miss_memory: 0,
@@ -338,6 +377,7 @@ impl Notifier {
         let notif: libc::seccomp_notif =
             unsafe { self.buf.as_ptr().cast::<libc::seccomp_notif>().read() };
         log.log.notifications += 1;
+        self.paths.clear();
         self.events.clear();
         self.connects.clear();
         self.miss_memory = 0;
@@ -345,25 +385,27 @@ impl Notifier {
         let sys = (notif.data.arch == NATIVE_ARCH)
             .then(|| sys_of(notif.data.nr))
             .flatten();
-        match sys {
-            None => log.log.unresolved.foreign_abi += 1,
-            Some(sys) => {
-                self.decode(notif.pid, sys, &notif.data.args);
-                if self.id_valid(notif.id) {
-                    for (path, kind) in self.events.drain(..) {
-                        log.record(path, kind);
-                    }
-                    for addr in self.connects.drain(..) {
-                        log.log.record_connect(addr);
-                    }
-                    log.log.unresolved.memory += self.miss_memory;
-                    log.log.unresolved.base += self.miss_base;
-                } else {
-                    log.log.unresolved.stale += 1;
-                }
+        let Some(sys) = sys else {
+            log.log.unresolved.foreign_abi += 1;
+            self.respond(notif.id);
+            return Ok(());
+        };
+        self.decode(notif.pid, sys, &notif.data.args);
+        // The reply succeeds only while the call is still pending, i.e. while the process that made
+        // it is alive and blocked in it: so its pid was not recycled while `/proc/PID/…` and its
+        // memory were read (this replaces a separate SECCOMP_IOCTL_NOTIF_ID_VALID).
+        if self.respond(notif.id) {
+            for (start, end, kind) in self.events.drain(..) {
+                log.record(&self.paths[start..end], kind);
             }
+            for addr in self.connects.drain(..) {
+                log.log.record_connect(addr);
+            }
+            log.log.unresolved.memory += self.miss_memory;
+            log.log.unresolved.base += self.miss_base;
+        } else {
+            log.log.unresolved.stale += 1;
         }
-        self.respond(notif.id);
         Ok(())
     }
 }
@@ -397,23 +439,18 @@ fn dirfd_arg(arg: u64) -> c_int {
 }
 
 impl Notifier {
-    fn respond(&self, id: u64) {
+    /// Lets call `id` continue unchanged; whether it was still pending (`false`: the tracee was
+    /// killed, or interrupted by a signal and will make the call again).
+    fn respond(&self, id: u64) -> bool {
         let resp = libc::seccomp_notif_resp {
             id,
             val: 0,
             error: 0,
             flags: libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32,
         };
-        // SAFETY: `resp` is a valid `seccomp_notif_resp`. An error means the tracee is gone
-        // (`ENOENT`); nothing else can be done about it, so it is ignored.
-        unsafe { libc::ioctl(self.fd(), libc::SECCOMP_IOCTL_NOTIF_SEND, &raw const resp) };
-    }
-
-    /// Whether notification `id` is still pending, i.e. the pid it names is still the process that
-    /// made the call (checked after reading `/proc/PID/…` and its memory, so a recycled pid is noticed).
-    fn id_valid(&self, id: u64) -> bool {
-        // SAFETY: `id` is a valid u64 input for SECCOMP_IOCTL_NOTIF_ID_VALID.
-        unsafe { libc::ioctl(self.fd(), libc::SECCOMP_IOCTL_NOTIF_ID_VALID, &raw const id) == 0 }
+        // SAFETY: `resp` is a valid `seccomp_notif_resp`. The only error for a well-formed reply
+        // is `ENOENT` (no such pending notification).
+        unsafe { libc::ioctl(self.fd(), libc::SECCOMP_IOCTL_NOTIF_SEND, &raw const resp) == 0 }
     }
 
     fn decode(&mut self, pid: u32, sys: Sys, a: &[u64; 6]) {
@@ -439,10 +476,15 @@ impl Notifier {
             Sys::Readlink => self.path(pid, CWD, a[0], 0, K::ReadLink),
             // readlinkat accepts an empty path for the fd itself (no flag needed).
             Sys::ReadlinkAt => self.path(pid, a[0], a[1], libc::AT_EMPTY_PATH as u64, K::ReadLink),
-            Sys::Getdents | Sys::Getdents64 => match fd_path(pid, dirfd_arg(a[0])) {
-                Some(path) => self.events.push((path, K::List)),
-                None => self.miss_base += 1,
-            },
+            Sys::Getdents | Sys::Getdents64 => {
+                let start = self.paths.len();
+                if let Some(base) = self.read_base(pid, dirfd_arg(a[0])) {
+                    push_normalized(&mut self.paths, &self.base_buf[..base], b"");
+                    self.events.push((start, self.paths.len(), K::List));
+                } else {
+                    self.miss_base += 1;
+                }
+            }
             Sys::Execve => self.path(pid, CWD, a[0], 0, K::Exec),
             Sys::ExecveAt => self.path(pid, a[0], a[1], a[4], K::Exec),
             Sys::Rename => {
@@ -483,11 +525,9 @@ impl Notifier {
         let kinds = open_kinds(flags as u32 as c_int);
         let before = self.events.len();
         self.path(pid, dirfd, path, 0, kinds[0]);
-        if self.events.len() > before
-            && let Some((resolved, _)) = self.events.last().cloned()
-        {
+        if let Some(&(start, end, _)) = self.events.get(before) {
             for kind in &kinds[1..] {
-                self.events.push((resolved.clone(), *kind));
+                self.events.push((start, end, *kind));
             }
         }
     }
@@ -495,27 +535,30 @@ impl Notifier {
     /// Records `kind` for the path at `path_ptr` relative to `dirfd`; `flags` may carry
     /// `AT_EMPTY_PATH`, which makes an empty path name the fd itself.
     fn path(&mut self, pid: u32, dirfd: u64, path_ptr: u64, flags: u64, kind: AccessKind) {
+        let start = self.paths.len();
         match self.resolve(
             pid,
             dirfd_arg(dirfd),
             path_ptr,
             flags & libc::AT_EMPTY_PATH as u64 != 0,
         ) {
-            Ok(Some(path)) => self.events.push((path, kind)),
+            Ok(true) => self.events.push((start, self.paths.len(), kind)),
             // An empty path without AT_EMPTY_PATH fails with ENOENT: nothing was touched.
-            Ok(None) => {}
+            Ok(false) => {}
             Err(Miss::Memory) => self.miss_memory += 1,
             Err(Miss::Base) => self.miss_base += 1,
         }
     }
 
+    /// Appends the absolute, normalised path of the call's argument to `paths`; `false` when the
+    /// call names nothing.
     fn resolve(
         &mut self,
         pid: u32,
         dirfd: c_int,
         path_ptr: u64,
         empty_ok: bool,
-    ) -> Result<Option<PathBuf>, Miss> {
+    ) -> Result<bool, Miss> {
         // A NULL path fails with EFAULT and touches nothing (node/libuv makes such calls);
         // since Linux 6.11 `statx(dirfd, NULL, AT_EMPTY_PATH)` means the fd itself, like an
         // empty path. Either way it is handled as an empty path.
@@ -526,43 +569,91 @@ impl Notifier {
         };
         let rel = &self.path_buf[..len];
         if rel.first() == Some(&b'/') {
-            return Ok(Some(join_normalize(Path::new("/"), rel)));
+            push_normalized(&mut self.paths, b"", rel);
+            return Ok(true);
         }
         if rel.is_empty() && !empty_ok {
-            return Ok(None);
+            return Ok(false);
         }
-        let base = if dirfd == libc::AT_FDCWD {
-            proc_link(pid, "cwd")
+        let base = self.read_base(pid, dirfd).ok_or(Miss::Base)?;
+        push_normalized(
+            &mut self.paths,
+            &self.base_buf[..base],
+            &self.path_buf[..len],
+        );
+        Ok(true)
+    }
+
+    /// Reads into `base_buf` the absolute path `dirfd` of `pid` names (`/proc/PID/cwd` for
+    /// `AT_FDCWD`, else `/proc/PID/fd/N`) and returns its length; `None` if it names none (a
+    /// socket, a pipe, a closed fd) or the process is gone.
+    fn read_base(&mut self, pid: u32, dirfd: c_int) -> Option<usize> {
+        let mut link = ProcLink::new(pid);
+        if dirfd == libc::AT_FDCWD {
+            link.push(b"/cwd");
+        } else if dirfd >= 0 {
+            link.push(b"/fd/");
+            link.push_number(dirfd.unsigned_abs());
         } else {
-            fd_path(pid, dirfd)
+            return None;
+        }
+        // SAFETY: `link` is NUL-terminated; `base_buf` has `PATH_MAX` writable bytes.
+        let n = unsafe {
+            libc::readlink(
+                link.as_ptr(),
+                self.base_buf.as_mut_ptr().cast::<libc::c_char>(),
+                PATH_MAX,
+            )
         };
-        let base = base.ok_or(Miss::Base)?;
-        Ok(Some(join_normalize(&base, rel)))
+        // A result of PATH_MAX bytes may be truncated.
+        let n = usize::try_from(n).ok().filter(|n| *n < PATH_MAX)?;
+        (self.base_buf.first() == Some(&b'/')).then_some(n)
     }
 
     /// Reads a NUL-terminated string at `addr` of process `pid` into `path_buf`; its length.
+    ///
+    /// Most paths are short: a first read takes at most [`FIRST_READ`] bytes without crossing a
+    /// page (one page pinned, little copied); only a path that is longer reads on, up to
+    /// `PATH_MAX`.
     fn read_cstr(&mut self, pid: u32, addr: u64) -> Option<usize> {
-        if addr == 0 {
+        let addr = usize::try_from(addr).ok().filter(|a| *a != 0)?;
+        let first = (CHUNK - addr % CHUNK).min(FIRST_READ);
+        let n = self.read_chunks(pid, addr, 0, first)?;
+        if let Some(len) = self.path_buf[..n].iter().position(|b| *b == 0) {
+            return Some(len);
+        }
+        if n < first {
             return None;
         }
-        let addr = usize::try_from(addr).ok()?;
-        let first = (CHUNK - addr % CHUNK).min(PATH_MAX);
+        let n = self.read_chunks(pid, addr.wrapping_add(first), first, PATH_MAX - first)?;
+        self.path_buf[first..first + n]
+            .iter()
+            .position(|b| *b == 0)
+            .map(|len| first + len)
+    }
+
+    /// Reads up to `len` bytes at `addr` of `pid` into `path_buf[at..]`, as two iovecs split at the
+    /// page boundary (`process_vm_readv` transfers whole iovecs only, so an unmapped next page
+    /// does not lose the bytes before it); how many bytes arrived.
+    fn read_chunks(&mut self, pid: u32, addr: usize, at: usize, len: usize) -> Option<usize> {
+        let head = (CHUNK - addr % CHUNK).min(len);
         let remote = [
             libc::iovec {
                 iov_base: addr as *mut c_void,
-                iov_len: first,
+                iov_len: head,
             },
             libc::iovec {
-                iov_base: addr.wrapping_add(first) as *mut c_void,
-                iov_len: PATH_MAX - first,
+                iov_base: addr.wrapping_add(head) as *mut c_void,
+                iov_len: len - head,
             },
         ];
-        let count = if first == PATH_MAX { 1 } else { 2 };
+        let count = if head == len { 1 } else { 2 };
         let local = libc::iovec {
-            iov_base: self.path_buf.as_mut_ptr().cast::<c_void>(),
-            iov_len: PATH_MAX,
+            iov_base: self.path_buf[at..].as_mut_ptr().cast::<c_void>(),
+            iov_len: len.min(self.path_buf.len() - at),
         };
-        // SAFETY: the local iovec covers `path_buf` exactly; remote addresses are only read by the kernel.
+        // SAFETY: the local iovec lies within `path_buf`; remote addresses are only read by the
+        // kernel.
         let n = unsafe {
             libc::process_vm_readv(
                 pid as libc::pid_t,
@@ -573,8 +664,7 @@ impl Notifier {
                 0,
             )
         };
-        let n = usize::try_from(n).ok()?;
-        self.path_buf[..n].iter().position(|b| *b == 0)
+        usize::try_from(n).ok()
     }
 
     /// Reads exactly `out.len()` bytes at `addr` of process `pid`.
@@ -639,25 +729,65 @@ impl Notifier {
     }
 }
 
-/// The absolute path an open fd of `pid` refers to, if it names one (not a socket, pipe, …).
-fn fd_path(pid: u32, fd: c_int) -> Option<PathBuf> {
-    if fd < 0 {
-        return None;
-    }
-    proc_link(pid, &format!("fd/{fd}"))
+/// A NUL-terminated `/proc/PID/…` path built on the stack (no allocation per notification).
+struct ProcLink {
+    buf: [u8; 48],
+    len: usize,
 }
 
-/// Reads the `/proc/PID/<name>` symlink; `None` unless it is an absolute path.
-fn proc_link(pid: u32, name: &str) -> Option<PathBuf> {
-    let target = std::fs::read_link(format!("/proc/{pid}/{name}")).ok()?;
-    let bytes = OsString::from(target).into_vec();
-    (bytes.first() == Some(&b'/')).then(|| PathBuf::from(OsString::from_vec(bytes)))
+impl ProcLink {
+    fn new(pid: u32) -> ProcLink {
+        let mut link = ProcLink {
+            buf: [0; 48],
+            len: 0,
+        };
+        link.push(b"/proc/");
+        link.push_number(pid);
+        link
+    }
+
+    /// Appends `bytes`, always leaving a NUL at the end (the longest path, `/proc/4294967295/fd/
+    /// 4294967295`, is 31 bytes).
+    fn push(&mut self, bytes: &[u8]) {
+        let end = (self.len + bytes.len()).min(self.buf.len() - 1);
+        self.buf[self.len..end].copy_from_slice(&bytes[..end - self.len]);
+        self.len = end;
+    }
+
+    fn push_number(&mut self, mut n: u32) {
+        let mut digits = [0u8; 10];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.push(&digits[i..]);
+    }
+
+    fn as_ptr(&self) -> *const libc::c_char {
+        self.buf.as_ptr().cast()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use AccessKind::{Read, Stat, Write};
+
+    #[test]
+    fn proc_links_are_nul_terminated_paths() {
+        let mut link = ProcLink::new(4_294_967_295);
+        link.push(b"/fd/");
+        link.push_number(0);
+        assert_eq!(&link.buf[..=link.len], b"/proc/4294967295/fd/0\0");
+        let mut link = ProcLink::new(7);
+        link.push(b"/cwd");
+        assert_eq!(&link.buf[..=link.len], b"/proc/7/cwd\0");
+    }
 
     #[test]
     fn open_flags_classify() {

@@ -420,6 +420,88 @@ fn disable_switch_reports_disabled() {
     assert!(String::from_utf8_lossy(&output.stdout).contains("AVAILABILITY=ok"));
 }
 
+/// Helper for the test below: traces a shell that waits on stdin and prints the scheduling policy
+/// of the supervisor thread (the only `baton-trace` thread of this process) while it serves it.
+#[test]
+#[ignore = "run by supervisor_is_realtime_when_permitted"]
+fn supervisor_policy_child() {
+    use std::io::{BufRead, Write};
+    let mut cmd = command("sh");
+    cmd.args(["-c", "echo ready; read line"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let (hook, supervisor) = baton_trace::start().expect("tracing available");
+    // SAFETY: the hook only makes async-signal-safe system calls in the forked child.
+    unsafe { cmd.pre_exec(hook.into_pre_exec()) };
+    let mut child = cmd.spawn().expect("spawn sh");
+    drop(cmd);
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("read ready");
+    assert_eq!(line, "ready\n");
+    // The shell runs, so its exec was answered: the supervisor has set its policy by now.
+    let mut policies = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").expect("list threads") {
+        let task = task.expect("thread entry").path();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if comm.trim() == "baton-trace" {
+            let tid: libc::pid_t = task
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.parse().ok())
+                .expect("numeric tid");
+            // SAFETY: plain query of a thread of this process.
+            policies.push(unsafe { libc::sched_getscheduler(tid) });
+        }
+    }
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"done\n")
+        .expect("write stdin");
+    assert!(child.wait().expect("wait sh").success());
+    assert!(exec_of(&supervisor.finish().expect("finish"), "sh"));
+    println!("POLICIES={policies:?}");
+}
+
+#[test]
+fn supervisor_is_realtime_when_permitted() {
+    // Whether this process may use SCHED_FIFO at all, tried on a scratch thread.
+    let permitted = std::thread::spawn(|| {
+        let param = libc::sched_param { sched_priority: 1 };
+        // SAFETY: changes only the calling scratch thread, which exits right after.
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &raw const param) == 0 }
+    })
+    .join()
+    .expect("scratch thread");
+    let policies = |realtime: Option<&str>| {
+        let mut cmd = command(std::env::current_exe().expect("test binary path"));
+        cmd.args([
+            "--exact",
+            "supervisor_policy_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ]);
+        match realtime {
+            Some(v) => cmd.env(baton_trace::REALTIME_ENV, v),
+            None => cmd.env_remove(baton_trace::REALTIME_ENV),
+        };
+        let output = cmd.output().expect("spawn policy child");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(output.status.success(), "{stdout}");
+        stdout
+            .lines()
+            .find_map(|l| l.split_once("POLICIES=").map(|(_, v)| v.trim().to_owned()))
+            .unwrap_or_else(|| panic!("no POLICIES line in {stdout}"))
+    };
+    let fifo = libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK;
+    let expected = if permitted { fifo } else { libc::SCHED_OTHER };
+    assert_eq!(policies(None), format!("[{expected}]"));
+    assert_eq!(policies(Some("0")), format!("[{}]", libc::SCHED_OTHER));
+}
+
 #[test]
 fn a_hook_traces_only_one_child() {
     let (_guard, dir) = workdir();

@@ -9,9 +9,16 @@
 //! the child, so statically linked programs (Go, Rust, esbuild) are seen like any other. A
 //! [`Supervisor`] thread in the parent receives each notification, reads the path argument from the
 //! tracee's memory (`process_vm_readv`), makes it absolute against `/proc/PID/cwd` or
-//! `/proc/PID/fd/N`, re-checks that the notification is still valid, records it in an [`AccessLog`]
-//! and lets the call run unchanged (`SECCOMP_USER_NOTIF_FLAG_CONTINUE`). No privileges are needed:
-//! the child sets `no_new_privs` first.
+//! `/proc/PID/fd/N`, lets the call run unchanged (`SECCOMP_USER_NOTIF_FLAG_CONTINUE`) and records
+//! it in an [`AccessLog`] if that reply reached a call still pending (so the pid was not recycled
+//! while it was read). No privileges are needed: the child sets `no_new_privs` first.
+//!
+//! Cost: each traced call is a round trip to the supervisor (about 5 µs on an idle core). What the
+//! filter can decide from the syscall number and flag arguments alone (every untraced call, `fstat`
+//! through `newfstatat`/`statx` with `AT_EMPTY_PATH`) never leaves the kernel. The supervisor
+//! thread runs at real-time priority when allowed (see [`REALTIME_ENV`]), so a tracee blocked on
+//! it is answered at once even when the task keeps every core busy. `cargo run --release -p
+//! baton-trace --example bench -- --clean OUT PROGRAM ARGS…` measures a command.
 //!
 //! ```no_run
 //! # #![allow(clippy::disallowed_methods)]

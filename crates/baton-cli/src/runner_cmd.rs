@@ -16,8 +16,8 @@ use anyhow::{Context as _, bail};
 use baton_runner::{
     DestinationOptions, EXEC_SERVER_PROVIDER_ID, ExecServerProvider, LOCAL_PROVIDER_ID,
     LocalProvider, RunnerArtifactExportRequest, RunnerCommandRequest, RunnerDestination,
-    RunnerEvent, RunnerProvider, RunnerSecretRef, RunnerSession, RunnerSnapshotRef, RunnerStream,
-    SshProvider, parse_destination,
+    RunnerEvent, RunnerProvider, RunnerSecretRef, RunnerSession, RunnerSignal, RunnerSnapshotRef,
+    RunnerStream, SshProvider, parse_destination,
 };
 use tokio::io::AsyncReadExt as _;
 
@@ -254,6 +254,12 @@ async fn exec_in(session: &dyn RunnerSession, args: &ExecOnArgs) -> anyhow::Resu
         };
         request.env.push((k.to_owned(), v.to_owned()));
     }
+    // Handle Ctrl-C from before the command starts, so none is missed (nor kills us while
+    // the command runs on).
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot handle SIGINT")?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot handle SIGTERM")?;
     let mut process = session.spawn(request).await?;
     let (stdin_tx, mut stdin_rx) = tokio::sync::mpsc::channel::<Option<Vec<u8>>>(4);
     tokio::spawn(async move {
@@ -275,6 +281,7 @@ async fn exec_in(session: &dyn RunnerSession, args: &ExecOnArgs) -> anyhow::Resu
     });
     let mut stdin_open = true;
     let mut code = None;
+    let mut interrupts = 0u32;
     loop {
         tokio::select! {
             event = process.next_event() => match event {
@@ -304,8 +311,21 @@ async fn exec_in(session: &dyn RunnerSession, args: &ExecOnArgs) -> anyhow::Resu
                     let _ = process.close_stdin().await;
                 }
             },
-            _ = tokio::signal::ctrl_c() => {
+            _ = terminate.recv() => {
                 session.cancel_command(process.id()).await?;
+            }
+            _ = interrupt.recv() => {
+                // First Ctrl-C: SIGINT to the command's process group, as a terminal would;
+                // the next (or a runner that cannot signal): kill the whole tree.
+                interrupts += 1;
+                let interrupted = interrupts == 1
+                    && session
+                        .signal_command(process.id(), RunnerSignal::Interrupt)
+                        .await
+                        .is_ok();
+                if !interrupted {
+                    session.cancel_command(process.id()).await?;
+                }
             }
         }
     }

@@ -66,3 +66,41 @@ fn exec_on_a_local_destination_snapshot_and_artifact() {
 fn blake3_hex(bytes: &[u8]) -> String {
     blake3::hash(bytes).to_hex().to_string()
 }
+
+/// Ctrl-C (SIGINT to `baton exec --on`) reaches the command as an interrupt its trap can
+/// handle (exit 3), instead of killing it outright.
+#[test]
+fn exec_on_forwards_ctrl_c_as_an_interrupt() {
+    use std::io::{BufRead as _, BufReader};
+    let ws = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let on = format!("local:{}", ws.path().display());
+    let mut child = common::baton_command()
+        .args([
+            "exec",
+            "--on",
+            &on,
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo got-int; exit 3' INT; echo ready; while :; do sleep 0.05; done",
+        ])
+        .current_dir(store.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert_eq!(rest, "got-int\n");
+    assert_eq!(child.wait().unwrap().code(), Some(3));
+}

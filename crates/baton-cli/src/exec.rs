@@ -165,15 +165,16 @@ async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let _raw = if args.tty { RawTerminal::enter() } else { None };
     if _raw.is_some() {
         let mut winch = signal(SignalKind::window_change()).context("cannot handle SIGWINCH")?;
+        // The first size is applied before any input is forwarded.
+        if let Some((rows, cols)) = window_size() {
+            let _ = client.resize(process.id(), rows, cols).await;
+        }
         let resize_client = client.clone();
         let resize_id = process.id().clone();
         tokio::spawn(async move {
-            loop {
+            while winch.recv().await.is_some() {
                 if let Some((rows, cols)) = window_size() {
                     let _ = resize_client.resize(&resize_id, rows, cols).await;
-                }
-                if winch.recv().await.is_none() {
-                    break;
                 }
             }
         });

@@ -291,7 +291,7 @@ fn exec_forwards_ctrl_c_as_an_interrupt() {
 fn exec_tty_uses_raw_mode_and_our_window_size() {
     let dir = tempfile::tempdir().expect("tempdir");
     let script = format!(
-        "'{BATON}' exec --tty -- sh -c 'stty size; echo ready; read x; echo got:$x'; \
+        "'{BATON}' exec --tty -- sh -c 'echo ready; read x; stty size; echo got:$x'; \
          stty -a | tr ' ' '\\n' | grep -x -e icanon -e -icanon"
     );
     let spec = baton_exec::CommandSpec::new("sh", dir.path())

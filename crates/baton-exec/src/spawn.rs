@@ -100,6 +100,19 @@ fn spawn_inner(
         .current_dir(&spec.cwd)
         .kill_on_drop(false);
 
+    // Descriptors this process inherited without close-on-exec (a parent's pipes, a test
+    // harness's, an editor's) would otherwise leak into every child and, held by a daemonized
+    // grandchild, keep those pipes open. Only a make/cargo jobserver is passed on.
+    let keep = jobserver_fds(&spec.env);
+    // SAFETY: the closure only makes close_range(2) system calls (async-signal-safe), on a
+    // fixed-size array computed before the fork; it allocates nothing and takes no locks.
+    unsafe {
+        cmd.pre_exec(move || {
+            mark_cloexec_from_3(&keep);
+            Ok(())
+        });
+    }
+
     let pty_master = match spec.pty {
         Some(size) => {
             let (master, slave) = pty::open(size).map_err(SpawnError::Pty)?;
@@ -450,5 +463,87 @@ async fn read_opt(source: &mut Option<Source>, buf: &mut [u8]) -> io::Result<usi
     match source {
         Some(s) => s.read(buf).await,
         None => std::future::pending().await,
+    }
+}
+
+/// The jobserver descriptors named in the child's `MAKEFLAGS`/`CARGO_MAKEFLAGS`
+/// (`--jobserver-auth=R,W` or the older `--jobserver-fds=R,W`; the `fifo:` form needs none),
+/// sorted, as a fixed array so the child can use it without allocating. Unused slots are -1.
+fn jobserver_fds<K, V>(env: &[(K, V)]) -> [i32; 4]
+where
+    K: AsRef<std::ffi::OsStr>,
+    V: AsRef<std::ffi::OsStr>,
+{
+    let mut fds = [-1; 4];
+    let mut n = 0;
+    for (k, v) in env {
+        let k = k.as_ref();
+        if k != "MAKEFLAGS" && k != "CARGO_MAKEFLAGS" {
+            continue;
+        }
+        let v = v.as_ref().to_string_lossy();
+        for word in v.split_whitespace() {
+            let Some(pair) = word
+                .strip_prefix("--jobserver-auth=")
+                .or_else(|| word.strip_prefix("--jobserver-fds="))
+            else {
+                continue;
+            };
+            for fd in pair.split(',').filter_map(|f| f.parse::<i32>().ok()) {
+                if fd > 2 && n < fds.len() {
+                    fds[n] = fd;
+                    n += 1;
+                }
+            }
+        }
+    }
+    fds[..n].sort_unstable();
+    fds
+}
+
+/// `CLOSE_RANGE_CLOEXEC` (linux/close_range.h).
+const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+
+/// In the forked child: sets close-on-exec on every descriptor from 3 up, except `keep`
+/// (sorted, -1 for unused slots). Kernels without `close_range` (before 5.11) leave the
+/// descriptors as they are.
+fn mark_cloexec_from_3(keep: &[i32; 4]) {
+    let mut from: libc::c_uint = 3;
+    for &fd in keep.iter().filter(|&&fd| fd >= 3) {
+        let fd = fd as libc::c_uint;
+        if fd > from {
+            // SAFETY: a plain system call on integer arguments.
+            unsafe { libc::syscall(libc::SYS_close_range, from, fd - 1, CLOSE_RANGE_CLOEXEC) };
+        }
+        from = from.max(fd + 1);
+    }
+    // SAFETY: as above.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            from,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        )
+    };
+}
+
+#[cfg(test)]
+mod fd_tests {
+    use super::jobserver_fds;
+
+    #[test]
+    fn jobserver_fds_are_found_in_makeflags() {
+        let env = [
+            ("PATH", "/bin"),
+            ("MAKEFLAGS", " -j4 --jobserver-auth=7,8"),
+            ("CARGO_MAKEFLAGS", "--jobserver-fds=12,11 -j"),
+        ];
+        assert_eq!(jobserver_fds(&env), [7, 8, 11, 12]);
+        assert_eq!(
+            jobserver_fds(&[("MAKEFLAGS", "--jobserver-auth=fifo:/tmp/x")]),
+            [-1; 4]
+        );
+        assert_eq!(jobserver_fds::<&str, &str>(&[]), [-1; 4]);
     }
 }

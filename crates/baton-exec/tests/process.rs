@@ -436,3 +436,29 @@ async fn terminate_gracefully_kills_what_ignores_sigterm() {
     assert_eq!(status, ExitStatus::Signaled(libc::SIGKILL));
     collect_after(&mut ev, 1).await;
 }
+
+/// A descriptor this process holds without close-on-exec does not leak into children (it would
+/// keep a parent's pipe open for as long as any descendant lives), except a jobserver named in
+/// the child's `MAKEFLAGS`.
+#[tokio::test]
+async fn inherited_descriptors_do_not_leak_except_a_jobserver() {
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) fills the two-element array; both ends are closed below.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let probe =
+        |fd: i32| format!("if [ -e /proc/self/fd/{fd} ]; then echo open; else echo closed; fi");
+    let (_process, mut events) = spawn_streaming(&sh(&probe(fds[1]))).unwrap();
+    let c = collect(&mut events).await;
+    assert_eq!(c.stdout, b"closed\n", "{c:?}");
+    let spec = sh(&probe(fds[1])).env(
+        "MAKEFLAGS",
+        format!("-j4 --jobserver-auth={},{}", fds[0], fds[1]),
+    );
+    let (_process, mut events) = spawn_streaming(&spec).unwrap();
+    assert_eq!(collect(&mut events).await.stdout, b"open\n");
+    // SAFETY: closing the two descriptors pipe(2) gave us.
+    unsafe {
+        libc::close(fds[0]);
+        libc::close(fds[1]);
+    }
+}

@@ -41,6 +41,13 @@
 //!   leader with the pty as controlling terminal); output is one [`Stream::Pty`] stream,
 //!   [`Process::resize`] changes the window size (the child gets `SIGWINCH`).
 //!
+//! # Descriptors
+//!
+//! A child gets its stdio and nothing else: every other descriptor this process holds is made
+//! close-on-exec in the child (`close_range(3, ~0, CLOSE_RANGE_CLOEXEC)`, Linux 5.11+), so a
+//! parent's stray pipes do not leak into tasks — except the jobserver descriptors named by
+//! `--jobserver-auth=R,W` in the child's `MAKEFLAGS`/`CARGO_MAKEFLAGS`.
+//!
 //! # Process groups, signals, no orphans
 //!
 //! Every child leads its own process group (pipes: `setpgid(0, 0)`; pty: `setsid`), and its

@@ -54,7 +54,7 @@ pub enum IpcError {
     /// The server's tokio runtime could not be built.
     #[error("cannot start the tool IPC runtime")]
     Runtime(#[source] io::Error),
-    /// The server thread could not be spawned.
+    /// The server thread could not be spawned (or an earlier attempt failed).
     #[error("cannot spawn the tool IPC thread")]
     Thread(#[source] io::Error),
     /// The private socket directory could not be created.
@@ -316,9 +316,10 @@ pub struct IpcServer {
 
 impl IpcServer {
     /// Binds a socket in a new private directory under the system temp dir (`$TMPDIR`, or `/tmp`
-    /// when that path would be too long for a socket) and serves it on a thread of its own
-    /// (`baton-ipc`, a current-thread tokio runtime), so tools get answers whatever the caller's
-    /// runtime is doing. Works inside or outside a tokio runtime.
+    /// when that path would be too long for a socket) and serves it on the process's IPC thread
+    /// (`baton-ipc`, one current-thread tokio runtime started on first use and shared by every
+    /// server), so tools get answers whatever the caller's runtime is doing, and starting a
+    /// server costs no thread or runtime of its own. Works inside or outside a tokio runtime.
     ///
     /// `parent_env` answers `getEnv`/`getEnvs`; `untracked` holds names or `PREFIX_*` patterns
     /// (the task's `untrackedEnv`) that are answered but never recorded as tracked.
@@ -329,14 +330,11 @@ impl IpcServer {
         parent_env: Vec<(OsString, OsString)>,
         untracked: Vec<String>,
     ) -> Result<IpcServer, IpcError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(IpcError::Runtime)?;
+        let handle = ipc_runtime()?;
         let dir = create_private_dir()?;
         let socket_path = dir.join(SOCKET_NAME);
         let listener = {
-            let _guard = runtime.enter();
+            let _guard = handle.enter();
             UnixListener::bind(&socket_path)
         };
         let listener = listener.map_err(|source| {
@@ -354,17 +352,10 @@ impl IpcServer {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (done_tx, done) = oneshot::channel();
         let serve_shared = shared.clone();
-        let spawned = std::thread::Builder::new()
-            .name("baton-ipc".to_owned())
-            .spawn(move || {
-                runtime.block_on(accept_loop(listener, serve_shared, shutdown_rx));
-                drop(runtime);
-                let _ = done_tx.send(());
-            });
-        if let Err(e) = spawned {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(IpcError::Thread(e));
-        }
+        handle.spawn(async move {
+            accept_loop(listener, serve_shared, shutdown_rx).await;
+            let _ = done_tx.send(());
+        });
         Ok(IpcServer {
             dir,
             socket_path,
@@ -416,11 +407,33 @@ impl IpcServer {
 }
 
 impl Drop for IpcServer {
-    /// Without `finish`: the server thread stops on its own after the drain grace period.
+    /// Without `finish`: the server task stops on its own after the drain grace period.
     fn drop(&mut self) {
         let _ = self.shutdown.send(true);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The runtime every [`IpcServer`] of the process is served on: a current-thread runtime driven
+/// by one `baton-ipc` thread, started on first use and kept until the process exits. A failed
+/// start is retried by the next call.
+fn ipc_runtime() -> Result<tokio::runtime::Handle, IpcError> {
+    static HANDLE: Mutex<Option<tokio::runtime::Handle>> = Mutex::new(None);
+    let mut slot = HANDLE.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(h) = slot.as_ref() {
+        return Ok(h.clone());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(IpcError::Runtime)?;
+    let handle = runtime.handle().clone();
+    std::thread::Builder::new()
+        .name("baton-ipc".to_owned())
+        .spawn(move || runtime.block_on(std::future::pending::<()>()))
+        .map_err(IpcError::Thread)?;
+    *slot = Some(handle.clone());
+    Ok(handle)
 }
 
 /// Socket paths are limited to 108 bytes (`sun_path`), so fall back to `/tmp` when `$TMPDIR`

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::archive::{
-    self, HashWriter, LogChunk, OutputFile, RestoreStats, decode_logs, decode_manifest,
+    self, HashWriter, LogChunk, OutputFile, OutputKind, RestoreStats, decode_logs, decode_manifest,
     encode_logs, encode_manifest, temp_path,
 };
 use crate::error::CacheError;
@@ -316,15 +316,24 @@ impl CachedRun {
     /// [`CacheError::Restore`] / [`CacheError::Io`] when the workspace cannot be written.
     pub fn restore_outputs(&self, root: &Path) -> Result<RestoreStats, CacheError> {
         let mut stats = RestoreStats::default();
+        // As in `fingerprint_paths`: hashing a small file costs less than asking the database
+        // for its hash, so only outputs of at least STAT_CACHE_MIN_BYTES use the hash cache.
         let abs: Vec<String> = self
             .manifest
             .iter()
+            .filter(
+                |o| matches!(o.kind, OutputKind::File { size, .. } if size >= STAT_CACHE_MIN_BYTES),
+            )
             .map(|o| abs_key(&key_to_path(root, &o.path)))
             .collect();
-        let cache = self.store.load_stat_cache(&abs);
+        let cache = if abs.is_empty() {
+            None
+        } else {
+            self.store.load_stat_cache(&abs)
+        };
         let hasher = |path: &Path, meta: &fs::Metadata| match &cache {
-            Some(c) => c.hash(path, &abs_key(path), meta),
-            None => hash_file(path),
+            Some(c) if meta.len() >= STAT_CACHE_MIN_BYTES => c.hash(path, &abs_key(path), meta),
+            _ => hash_file(path),
         };
         let needed = archive::plan_restore(root, &self.manifest, &hasher, &mut stats)?;
         if let Some(c) = cache {
@@ -374,6 +383,39 @@ impl CachedRun {
             Err(e) => Err(e),
         }
     }
+}
+
+thread_local! {
+    /// This thread's zstd compression context, reused by every archive it writes: a fresh
+    /// context allocates and clears its match tables (about a megabyte at level 3), which costs
+    /// more than compressing a small task's outputs.
+    static COMPRESSOR: std::cell::RefCell<Option<zstd::zstd_safe::CCtx<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's reusable compression context (level [`ZSTD_LEVEL`], ready for a
+/// new frame), or `None` when it cannot be had (then `f` makes its own encoder).
+fn with_compressor<R>(f: impl FnOnce(Option<&mut zstd::zstd_safe::CCtx<'static>>) -> R) -> R {
+    use zstd::zstd_safe::{CCtx, CParameter, ResetDirective};
+    COMPRESSOR.with(|cell| {
+        let Ok(mut slot) = cell.try_borrow_mut() else {
+            return f(None);
+        };
+        if slot.is_none() {
+            *slot = CCtx::try_create().and_then(|mut ctx| {
+                ctx.set_parameter(CParameter::CompressionLevel(ZSTD_LEVEL))
+                    .ok()
+                    .map(|_| ctx)
+            });
+        }
+        // A frame left unfinished by an earlier error is dropped; the parameters stay.
+        if let Some(ctx) = slot.as_mut()
+            && ctx.reset(ResetDirective::SessionOnly).is_err()
+        {
+            *slot = None;
+        }
+        f(slot.as_mut())
+    })
 }
 
 fn now_ms() -> i64 {
@@ -858,10 +900,13 @@ impl CacheStore {
         entry: &NewEntry<'_>,
     ) -> Result<(Vec<OutputFile>, Option<BlobRef>), CacheError> {
         let tmp = temp_path(&self.inner.tmp_dir);
-        let result = (|| {
+        let result = with_compressor(|ctx| {
             let file = fs::File::create(&tmp).map_err(|e| CacheError::io(&tmp, e))?;
-            let encoder = zstd::Encoder::new(io::BufWriter::new(file), ZSTD_LEVEL)
-                .map_err(|e| CacheError::io(&tmp, e))?;
+            let out = io::BufWriter::new(file);
+            let encoder = match ctx {
+                Some(ctx) => zstd::Encoder::with_context(out, ctx),
+                None => zstd::Encoder::new(out, ZSTD_LEVEL).map_err(|e| CacheError::io(&tmp, e))?,
+            };
             let (manifest, sink) =
                 archive::write_archive(entry.root, entry.outputs, HashWriter::new(encoder))?;
             if manifest.is_empty() {
@@ -880,7 +925,7 @@ impl CacheStore {
                 .map_err(|e| CacheError::io(&path, e))?
                 .len();
             Ok((manifest, Some((digest, size))))
-        })();
+        });
         let _ = fs::remove_file(&tmp);
         result
     }

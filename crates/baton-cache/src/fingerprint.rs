@@ -623,6 +623,12 @@ pub fn hash_file(path: &Path) -> io::Result<Digest> {
 ///
 /// Errors: any I/O error reading the directory.
 pub fn listing_hash(dir: &Path) -> io::Result<Digest> {
+    Ok(listing_digest(&listing_entries(dir)?))
+}
+
+/// The sorted `(name bytes, type tag)` entries of `dir` that [`listing_hash`] hashes (tags:
+/// `l` symlink, `d` directory, `f` file, `o` other).
+pub(crate) fn listing_entries(dir: &Path) -> io::Result<Vec<(Vec<u8>, u8)>> {
     let mut entries = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -639,13 +645,18 @@ pub fn listing_hash(dir: &Path) -> io::Result<Digest> {
         entries.push((os_bytes(&entry.file_name()), tag));
     }
     entries.sort();
+    Ok(entries)
+}
+
+/// The [`listing_hash`] of entries from [`listing_entries`].
+pub(crate) fn listing_digest(entries: &[(Vec<u8>, u8)]) -> Digest {
     let mut hasher = blake3::Hasher::new();
-    for (name, tag) in &entries {
+    for (name, tag) in entries {
         hasher.update(&[*tag]);
         hasher.update(&(name.len() as u64).to_le_bytes());
         hasher.update(name);
     }
-    Ok(hasher.finalize().into())
+    hasher.finalize().into()
 }
 
 /// The current state of one path (symlinks followed): a file's content hash, a directory's

@@ -16,6 +16,15 @@ pub enum MissReason {
     Added(String),
     /// An input disappeared: `'path' removed`.
     Removed(String),
+    /// A listed directory gained and/or lost several entries (paths relative to the workspace
+    /// root, sorted): `'src/a.ts' added, 'src/b.ts' removed and 3 more`. A single change is
+    /// reported as [`MissReason::Added`] or [`MissReason::Removed`].
+    Listing {
+        /// Entries that appeared.
+        added: Vec<String>,
+        /// Entries that disappeared.
+        removed: Vec<String>,
+    },
     /// An input could not be read to check it: `'path' unreadable: error`.
     Unreadable {
         /// The input path (relative to the workspace root).
@@ -47,6 +56,9 @@ pub enum MissReason {
     Corrupt(String),
 }
 
+/// Changes of a directory listing named in a [`MissReason::Listing`] text; the rest are counted.
+const LISTED_CHANGES: usize = 2;
+
 /// A fingerprint key for people: non-UTF-8 keys decoded lossily.
 fn shown(key: &str) -> std::borrow::Cow<'_, str> {
     match crate::os_string_from_lossless(key) {
@@ -64,6 +76,23 @@ impl fmt::Display for MissReason {
             Self::Modified(p) => write!(f, "'{}' modified", shown(p)),
             Self::Added(p) => write!(f, "'{}' added", shown(p)),
             Self::Removed(p) => write!(f, "'{}' removed", shown(p)),
+            Self::Listing { added, removed } => {
+                let changes: Vec<(&String, &str)> = added
+                    .iter()
+                    .map(|p| (p, "added"))
+                    .chain(removed.iter().map(|p| (p, "removed")))
+                    .collect();
+                for (i, (p, what)) in changes.iter().take(LISTED_CHANGES).enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "'{}' {what}", shown(p))?;
+                }
+                if changes.len() > LISTED_CHANGES {
+                    write!(f, " and {} more", changes.len() - LISTED_CHANGES)?;
+                }
+                Ok(())
+            }
             Self::Unreadable { path, error } => {
                 write!(f, "'{}' unreadable: {error}", shown(path))
             }

@@ -14,10 +14,11 @@ use crate::archive::{
     self, HashWriter, LogChunk, OutputFile, OutputKind, RestoreStats, decode_logs, decode_manifest,
     encode_logs, encode_manifest, temp_path,
 };
+use crate::codec::{Reader, Writer};
 use crate::error::CacheError;
 use crate::fingerprint::{
     Digest, FingerprintError, InputFingerprint, PathState, SpawnFingerprint, change, env_key_state,
-    hash_file, is_absent, is_env_key, key_to_path, listing_hash,
+    hash_file, is_absent, is_env_key, key_to_path, listing_digest, listing_entries, listing_hash,
 };
 use crate::miss::MissReason;
 use crate::statcache::{PENDING_FLUSH_AT, Pending, StatCache, abs_key, write_pending};
@@ -72,11 +73,15 @@ CREATE TABLE IF NOT EXISTS file_hashes (
     dev INTEGER NOT NULL,
     hash BLOB NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS listings (
+    entry_id INTEGER PRIMARY KEY,
+    data BLOB NOT NULL
+);
 ";
 
 /// Revision of the tables inside a schema directory (`PRAGMA user_version`); additive changes
 /// (new tables, created with `IF NOT EXISTS`) bump it without changing [`SCHEMA_VERSION`].
-const DB_REVISION: i64 = 2;
+const DB_REVISION: i64 = 3;
 
 /// The current state of a task's inputs, as [`CacheStore::lookup`] needs it.
 ///
@@ -92,6 +97,10 @@ pub struct CurrentInputs<'a> {
     /// [`EnvPattern::input_key`](crate::EnvPattern::input_key)); `None` = this process's
     /// environment.
     pub env: Option<&'a [(OsString, OsString)]>,
+    /// Workspace root the paths are relative to, if the caller has one: on a miss because a
+    /// listed directory changed, the entries added or removed are named (`'src/new.ts'
+    /// added`) instead of the directory (`'src' modified`). [`Probe::Root`] implies it.
+    pub root: Option<&'a Path>,
 }
 
 /// How [`CacheStore::lookup`] obtains the current state of a stored input path that is not in
@@ -112,6 +121,7 @@ impl<'a> CurrentInputs<'a> {
             known,
             probe: Probe::Absent,
             env: None,
+            root: None,
         }
     }
 
@@ -121,6 +131,7 @@ impl<'a> CurrentInputs<'a> {
             known,
             probe: Probe::Root(root),
             env: None,
+            root: Some(root),
         }
     }
 
@@ -442,6 +453,61 @@ struct Row {
     logs_blob: Option<Vec<u8>>,
 }
 
+/// A directory's sorted `(name bytes, type tag)` entries (see `listing_entries`).
+type Listing = Vec<(Vec<u8>, u8)>;
+
+/// The entries of every directory listing in `inputs`, read now under `root`, for the ones
+/// whose listing is still the recorded one (so a later miss can name what changed).
+fn record_listings(root: &Path, inputs: &InputFingerprint) -> Vec<(String, Listing)> {
+    inputs
+        .paths
+        .iter()
+        .filter_map(|(p, state)| match state {
+            PathState::Dir { listing_hash } => {
+                let entries = listing_entries(&key_to_path(root, p)).ok()?;
+                (listing_digest(&entries) == *listing_hash).then(|| (p.clone(), entries))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Encodes recorded listings (`D` tag; per directory its key and `(name, type tag)` entries);
+/// `None` when there are none.
+fn encode_listings(listings: &[(String, Listing)]) -> Option<Vec<u8>> {
+    if listings.is_empty() {
+        return None;
+    }
+    let mut w = Writer::with_tag(b'D');
+    w.varint(listings.len() as u64);
+    for (dir, entries) in listings {
+        w.str(dir);
+        w.varint(entries.len() as u64);
+        for (name, tag) in entries {
+            w.bytes(name);
+            w.u8(*tag);
+        }
+    }
+    Some(w.buf)
+}
+
+/// Decodes [`encode_listings`].
+fn decode_listings(buf: &[u8]) -> Result<BTreeMap<String, Listing>, crate::codec::DecodeError> {
+    let mut r = Reader::with_tag(buf, b'D')?;
+    let mut out = BTreeMap::new();
+    for _ in 0..r.varint()? {
+        let dir = r.str()?.to_owned();
+        let n = r.varint()?;
+        let mut entries = Vec::new();
+        for _ in 0..n {
+            let name = r.bytes()?.to_vec();
+            entries.push((name, r.u8()?));
+        }
+        out.insert(dir, entries);
+    }
+    Ok(out)
+}
+
 fn digest_from_col(col: &[u8]) -> Option<Digest> {
     let arr: [u8; 32] = col.try_into().ok()?;
     Some(Digest(arr))
@@ -704,6 +770,8 @@ impl CacheStore {
         }
         let mut probed: BTreeMap<String, PathState> = BTreeMap::new();
         let mut first_reason = None;
+        // The entry the reason compares against, and whether that path was a listing there.
+        let mut first_row: Option<(i64, bool)> = None;
         for row in rows {
             let stored = match InputFingerprint::decode(&row.inputs) {
                 Ok(s) => s,
@@ -718,11 +786,68 @@ impl CacheStore {
                     if matches!(reason, MissReason::Unreadable { .. }) {
                         return Ok(Lookup::Miss(reason));
                     }
-                    first_reason.get_or_insert(reason);
+                    if first_reason.is_none() {
+                        let listed = match &reason {
+                            MissReason::Modified(p) => {
+                                matches!(stored.paths.get(p), Some(PathState::Dir { .. }))
+                            }
+                            _ => false,
+                        };
+                        first_row = Some((row.id, listed));
+                        first_reason = Some(reason);
+                    }
                 }
             }
         }
+        let root = current.root.or(match current.probe {
+            Probe::Root(r) => Some(r),
+            _ => None,
+        });
+        if let (Some(MissReason::Modified(dir)), Some((id, true)), Some(root)) =
+            (&first_reason, first_row, root)
+            && let Some(r) = self.explain_listing(id, dir, root)
+        {
+            return Ok(Lookup::Miss(r));
+        }
         Ok(Lookup::Miss(first_reason.unwrap_or(MissReason::NotFound)))
+    }
+
+    /// Names the entries added to or removed from the listed directory `dir` (a key relative
+    /// to `root`) since entry `id` recorded its listing; `None` when that listing was not
+    /// recorded, the directory cannot be read now, or only entry types changed.
+    fn explain_listing(&self, id: i64, dir: &str, root: &Path) -> Option<MissReason> {
+        if dir.starts_with('\0') {
+            return None;
+        }
+        let data: Vec<u8> = {
+            let conn = self.conn();
+            let mut stmt = conn
+                .prepare_cached("SELECT data FROM listings WHERE entry_id = ?1")
+                .ok()?;
+            stmt.query_row([id], |r| r.get(0)).optional().ok()??
+        };
+        let before = decode_listings(&data).ok()?.remove(dir)?;
+        let now = listing_entries(&key_to_path(root, dir)).ok()?;
+        let names = |l: &[(Vec<u8>, u8)]| -> std::collections::BTreeSet<Vec<u8>> {
+            l.iter().map(|(n, _)| n.clone()).collect()
+        };
+        let (before, now) = (names(&before), names(&now));
+        let path = |n: &Vec<u8>| {
+            let n = String::from_utf8_lossy(n);
+            if dir.is_empty() || dir == "." {
+                n.into_owned()
+            } else {
+                format!("{dir}/{n}")
+            }
+        };
+        let added: Vec<String> = now.difference(&before).map(path).collect();
+        let removed: Vec<String> = before.difference(&now).map(path).collect();
+        match (added.len(), removed.len()) {
+            (0, 0) => None,
+            (1, 0) => added.into_iter().next().map(MissReason::Added),
+            (0, 1) => removed.into_iter().next().map(MissReason::Removed),
+            _ => Some(MissReason::Listing { added, removed }),
+        }
     }
 
     fn candidates(&self, key: &Digest) -> rusqlite::Result<Vec<Row>> {
@@ -854,6 +979,7 @@ impl CacheStore {
         if let Err(e) = conn.execute("DELETE FROM entries WHERE id = ?1", [id]) {
             tracing::warn!(error = %e, "cannot delete corrupt cache entry");
         }
+        let _ = conn.execute("DELETE FROM listings WHERE entry_id = ?1", [id]);
         if let Some(d) = bad_blob {
             let _ = fs::remove_file(self.blob_path(&d));
         }
@@ -945,6 +1071,7 @@ impl CacheStore {
         })?;
         let key = entry.spawn.spawn_key();
         let inputs = entry.inputs.encode();
+        let listings = encode_listings(&record_listings(entry.root, entry.inputs));
         let duration_us = i64::try_from(entry.duration.as_micros()).unwrap_or(i64::MAX);
         // A concurrent prune may delete a blob we deduplicated against between writing and
         // inserting; the transaction re-checks and we redo the blobs once.
@@ -997,6 +1124,12 @@ impl CacheStore {
                     logs_blob.map(|(d, _)| d.0.to_vec()),
                     logs_blob.map(|(_, s)| s as i64),
                 ])?;
+                if let Some(data) = &listings {
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO listings (entry_id, data) VALUES (?1, ?2)",
+                    )?
+                    .execute(params![tx.last_insert_rowid(), data])?;
+                }
                 tx.prepare_cached(
                     "INSERT INTO last_run (task_id, spawn_key, spawn) VALUES (?1, ?2, ?3) \
                      ON CONFLICT(task_id) DO UPDATE SET spawn_key = excluded.spawn_key, \
@@ -1031,6 +1164,8 @@ impl CacheStore {
                 let mut blobs = Vec::new();
                 for (id, a, l) in doomed {
                     tx.prepare_cached("DELETE FROM entries WHERE id = ?1")?
+                        .execute([id])?;
+                    tx.prepare_cached("DELETE FROM listings WHERE entry_id = ?1")?
                         .execute([id])?;
                     blobs.extend(a);
                     blobs.extend(l);
@@ -1190,6 +1325,8 @@ impl CacheStore {
                 .execute("DELETE FROM entries", [])
                 .map_err(|e| self.db_err(e))? as u64;
             tx.execute("DELETE FROM last_run", [])
+                .map_err(|e| self.db_err(e))?;
+            tx.execute("DELETE FROM listings", [])
                 .map_err(|e| self.db_err(e))?;
             tx.execute("DELETE FROM file_hashes", [])
                 .map_err(|e| self.db_err(e))?;

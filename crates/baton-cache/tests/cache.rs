@@ -280,10 +280,38 @@ fn probed_inputs_and_absent_paths() {
     fs::write(w.root.join("tsconfig.json"), "{}").unwrap();
     assert_eq!(miss(check()), "'tsconfig.json' added");
     fs::remove_file(w.root.join("tsconfig.json")).unwrap();
-    // A new file in a listed directory changes its listing.
+    // A new file in a listed directory changes its listing; the miss names the file.
     fs::write(w.root.join("src/c.ts"), "").unwrap();
-    assert_eq!(miss(check()), "'src' modified");
+    assert_eq!(miss(check()), "'src/c.ts' added");
     fs::remove_file(w.root.join("src/c.ts")).unwrap();
+    assert!(matches!(check(), Lookup::Hit(_)));
+    // A removed entry (not an input itself) is named too.
+    fs::rename(w.root.join("src/b.ts"), w.root.join("b.ts")).unwrap();
+    assert_eq!(miss(check()), "'src/b.ts' removed");
+    // Several changes: the first two are named, the rest counted.
+    for n in ["x.ts", "y.ts", "z.ts"] {
+        fs::write(w.root.join("src").join(n), "").unwrap();
+    }
+    assert_eq!(
+        miss(check()),
+        "'src/x.ts' added, 'src/y.ts' added and 2 more"
+    );
+    for n in ["x.ts", "y.ts", "z.ts"] {
+        fs::remove_file(w.root.join("src").join(n)).unwrap();
+    }
+    // Without a root the listing cannot be compared: the directory is named.
+    let probe_only = |paths: &[&str]| fingerprint_paths(&w.root, paths);
+    let no_root = CurrentInputs {
+        known: &empty,
+        probe: baton_cache::Probe::With(&probe_only),
+        env: None,
+        root: None,
+    };
+    assert_eq!(
+        miss(store.lookup("app#build", &spawn(), &no_root).unwrap()),
+        "'src' modified"
+    );
+    fs::rename(w.root.join("b.ts"), w.root.join("src/b.ts")).unwrap();
     assert!(matches!(check(), Lookup::Hit(_)));
 
     // A caller-supplied probe is used for unknown paths.
@@ -292,6 +320,7 @@ fn probed_inputs_and_absent_paths() {
         known: &empty,
         probe: baton_cache::Probe::With(&probe),
         env: None,
+        root: None,
     };
     assert!(matches!(
         store.lookup("app#build", &spawn(), &current).unwrap(),

@@ -61,15 +61,25 @@ console.log("built", text.length, "bytes");
     let changed = f.baton(&["run", "build"]);
     insta::assert_snapshot!("auto_node_modified", changed.snapshot());
 
-    // A new file in a listed directory is a miss too.
+    // A new file in a listed directory is a miss too, naming the file.
     f.write("src/c.txt", "gamma\n");
     let added = f.baton(&["run", "build"]);
     assert!(
-        added.stdout.contains("cache miss: 'src' modified"),
+        added.stdout.contains("cache miss: 'src/c.txt' added"),
         "{}",
         added.stdout
     );
     assert_eq!(f.read("out/all.txt"), "ALPHA\nBETA2\nGAMMA\n");
+
+    // A removed one is named as removed.
+    std::fs::remove_file(f.root().join("src/a.txt")).unwrap();
+    let removed = f.baton(&["run", "build"]);
+    assert!(
+        removed.stdout.contains("cache miss: 'src/a.txt' removed"),
+        "{}",
+        removed.stdout
+    );
+    assert_eq!(f.read("out/all.txt"), "BETA2\nGAMMA\n");
 }
 
 #[test]

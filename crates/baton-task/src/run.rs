@@ -896,6 +896,7 @@ fn lookup_items(sh: &Shared, index: usize, deps: &DepInputs, traced: bool) -> Lo
                             (true, false) => Probe::With(&overlay),
                         },
                         env: Some(&trackable),
+                        root: Some(&sh.ws.root),
                     };
                     let l = store
                         .lookup(&prep.task_key, &prep.spawn, &current)

@@ -15,9 +15,9 @@
 //!
 //! Cost: each traced call is a round trip to the supervisor (about 5 µs on an idle core). What the
 //! filter can decide from the syscall number and flag arguments alone (every untraced call, `fstat`
-//! through `newfstatat`/`statx` with `AT_EMPTY_PATH`) never leaves the kernel. The supervisor
-//! thread runs at real-time priority when allowed (see [`REALTIME_ENV`]), so a tracee blocked on
-//! it is answered at once even when the task keeps every core busy. `cargo run --release -p
+//! through `newfstatat`/`statx` with `AT_EMPTY_PATH`) never leaves the kernel. While one thread
+//! makes call after call, the supervisor thread runs at real-time priority when allowed (see
+//! [`REALTIME_ENV`]), so that thread is answered at once even when the task keeps every core busy. `cargo run --release -p
 //! baton-trace --example bench -- --clean OUT PROGRAM ARGS…` measures a command.
 //!
 //! ```no_run
@@ -115,8 +115,9 @@ pub use unsupported::{ChildHook, Supervisor};
 use std::os::fd::{FromRawFd, OwnedFd};
 
 /// The environment variable that keeps the supervisor thread at its normal scheduling priority:
-/// `0` turns off the real-time priority (`SCHED_FIFO`, lowest level) it otherwise asks for, which
-/// the kernel grants only with `CAP_SYS_NICE` or an `RLIMIT_RTPRIO` above 0 (see [`Supervisor`]).
+/// `0` turns off the real-time priority (`SCHED_FIFO`, lowest level) it otherwise takes while one
+/// thread of the tree makes call after call, which the kernel grants only with `CAP_SYS_NICE` or an
+/// `RLIMIT_RTPRIO` above 0 (see [`Supervisor`]).
 pub const REALTIME_ENV: &str = "BATON_TRACE_REALTIME";
 
 /// Errors of setting up or running a trace.

@@ -18,10 +18,11 @@ use crate::path::push_normalized;
 /// Created by [`start`](crate::start) together with its [`ChildHook`](crate::ChildHook). The thread
 /// first waits for the hook to hand over the notification listener, then answers every traced system
 /// call with `SECCOMP_USER_NOTIF_FLAG_CONTINUE` after recording it; it never blocks a tracee for more
-/// than a few reads of `/proc` and the tracee's memory. The thread asks for real-time priority
-/// (`SCHED_FIFO`, lowest level) so that a blocked tracee is answered at once even when the task
-/// keeps every core busy; without the privilege for it, or with
-/// [`REALTIME_ENV`](crate::REALTIME_ENV)`=0`, it runs at normal priority.
+/// than a few reads of `/proc` and the tracee's memory. While one thread of the tree makes call
+/// after call, the supervisor runs at real-time priority (`SCHED_FIFO`, lowest level), so that
+/// thread is answered at once even when the task keeps every core busy; when several threads call,
+/// at normal priority. Without the privilege for real-time priority, or with
+/// [`REALTIME_ENV`](crate::REALTIME_ENV)`=0`, it always runs at normal priority.
 ///
 /// Dropping a supervisor without calling [`finish`](Supervisor::finish) or
 /// [`wait_tree`](Supervisor::wait_tree) stops the thread (as `finish` does) and discards the log.
@@ -136,7 +137,6 @@ fn run(sock: OwnedFd, stop: OwnedFd) -> io::Result<AccessLog> {
     // child's spawn fails instead of running untraced.
     drop(sock);
     let mut notifier = Notifier::new(listener)?;
-    raise_priority();
     loop {
         let mut fds = [
             pollfd(notifier.fd(), libc::POLLIN),
@@ -162,31 +162,85 @@ fn run(sock: OwnedFd, stop: OwnedFd) -> io::Result<AccessLog> {
     }
 }
 
-/// Puts the calling (supervisor) thread in `SCHED_FIFO` at the lowest real-time priority, unless
-/// [`REALTIME_ENV`](crate::REALTIME_ENV) is `0`.
+/// How many calls in a row from one thread switch the supervisor to real-time priority.
+const SAME_CALLER_RUN: u32 = 8;
+
+/// The supervisor thread's scheduling policy, adapted to who is calling.
 ///
-/// Every traced call blocks its process until this thread has answered; when the task keeps every
-/// core busy (node's compiler and GC threads do), a normal-priority supervisor waits for a time
-/// slice after each wake-up and the tracee again after the reply. A real-time supervisor runs at
-/// once on the CPU the tracee just left (`SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP`) and yields it back
-/// as soon as it blocks again. It never spins, so it cannot starve anything (and the kernel's
-/// real-time throttling bounds it regardless). `SCHED_RESET_ON_FORK` keeps the policy from
-/// reaching any process this thread might fork. Without the privilege (`CAP_SYS_NICE`, or an
-/// `RLIMIT_RTPRIO` of at least 1) the call fails with `EPERM` and the thread stays as it is.
-fn raise_priority() {
-    if std::env::var_os(crate::REALTIME_ENV).is_some_and(|v| v == "0") {
-        return;
+/// Every traced call blocks its thread until the supervisor has answered. When one thread makes the
+/// calls one after another (node's main thread: tsc reads and writes synchronously) while the task
+/// keeps every core busy (node's compiler and GC threads), a normal-priority supervisor waits for
+/// a time slice after each wake-up, and that thread's whole run waits with it. In `SCHED_FIFO`
+/// (lowest level) the supervisor runs at once and yields the CPU back as soon as it blocks again;
+/// it never spins, so it cannot starve anything (and the kernel's real-time throttling bounds it
+/// regardless). But a real-time thread is woken on the CPU it last ran on, not on the caller's
+/// (the `SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP` hand-off works for normal threads only), so when many
+/// threads call from every core (esbuild and other Go programs) it preempts unrelated work and
+/// costs more than it saves. Hence: real-time after [`SAME_CALLER_RUN`] calls in a row from one
+/// thread, normal again as soon as another thread calls. A switch is one `sched_setscheduler`.
+///
+/// `SCHED_RESET_ON_FORK` keeps the policy from reaching any process this thread might fork.
+/// Without the privilege (`CAP_SYS_NICE`, or an `RLIMIT_RTPRIO` of at least 1) the first switch
+/// fails with `EPERM` and the thread stays normal for good; [`REALTIME_ENV`](crate::REALTIME_ENV)
+/// `=0` keeps it normal too.
+struct Priority {
+    allowed: bool,
+    realtime: bool,
+    last_tid: u32,
+    same: u32,
+}
+
+impl Priority {
+    fn new() -> Priority {
+        Priority {
+            allowed: std::env::var_os(crate::REALTIME_ENV).is_none_or(|v| v != "0"),
+            realtime: false,
+            last_tid: 0,
+            same: 0,
+        }
     }
-    // SAFETY: plain scheduler calls on the calling thread (pid 0) with a valid `sched_param`.
-    unsafe {
-        let param = libc::sched_param {
-            sched_priority: libc::sched_get_priority_min(libc::SCHED_FIFO).max(1),
+
+    /// Takes note of a call from thread `tid` (after it was answered) and switches the policy when
+    /// the pattern of callers changed.
+    fn observe(&mut self, tid: u32) {
+        if let Some(realtime) = self.switch_for(tid) {
+            self.set(realtime);
+        }
+    }
+
+    /// The policy to switch to (`true`: real-time) after a call from `tid`, if any.
+    fn switch_for(&mut self, tid: u32) -> Option<bool> {
+        if !self.allowed {
+            return None;
+        }
+        if tid == self.last_tid {
+            self.same = self.same.saturating_add(1);
+            (!self.realtime && self.same >= SAME_CALLER_RUN).then_some(true)
+        } else {
+            self.last_tid = tid;
+            self.same = 0;
+            self.realtime.then_some(false)
+        }
+    }
+
+    fn set(&mut self, realtime: bool) {
+        let (policy, priority) = if realtime {
+            // SAFETY: a pure query.
+            let min = unsafe { libc::sched_get_priority_min(libc::SCHED_FIFO) };
+            (libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, min.max(1))
+        } else {
+            (libc::SCHED_OTHER, 0)
         };
-        libc::sched_setscheduler(
-            0,
-            libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK,
-            &raw const param,
-        );
+        let param = libc::sched_param {
+            sched_priority: priority,
+        };
+        // SAFETY: changes the calling thread (pid 0) only, with a valid `sched_param`.
+        let r = unsafe { libc::sched_setscheduler(0, policy, &raw const param) };
+        if r == 0 {
+            self.realtime = realtime;
+        } else if realtime {
+            self.allowed = false;
+        }
     }
 }
 
@@ -303,6 +357,7 @@ struct Notifier {
     connects: Vec<SocketAddr>,
     miss_memory: u64,
     miss_base: u64,
+    priority: Priority,
 }
 
 impl Notifier {
@@ -346,6 +401,7 @@ impl Notifier {
             connects: Vec::new(),
             miss_memory: 0,
             miss_base: 0,
+            priority: Priority::new(),
         })
     }
 
@@ -394,7 +450,9 @@ impl Notifier {
         // The reply succeeds only while the call is still pending, i.e. while the process that made
         // it is alive and blocked in it: so its pid was not recycled while `/proc/PID/…` and its
         // memory were read (this replaces a separate SECCOMP_IOCTL_NOTIF_ID_VALID).
-        if self.respond(notif.id) {
+        let answered = self.respond(notif.id);
+        self.priority.observe(notif.pid);
+        if answered {
             for (start, end, kind) in self.events.drain(..) {
                 log.record(&self.paths[start..end], kind);
             }
@@ -777,6 +835,32 @@ impl ProcLink {
 mod tests {
     use super::*;
     use AccessKind::{Read, Stat, Write};
+
+    #[test]
+    fn realtime_only_while_one_thread_calls() {
+        let mut p = Priority {
+            allowed: true,
+            realtime: false,
+            last_tid: 0,
+            same: 0,
+        };
+        let mut switches = Vec::new();
+        let calls = [7; 12].into_iter().chain([8, 8, 7]).chain([7; 9]);
+        for (i, tid) in calls.enumerate() {
+            if let Some(realtime) = p.switch_for(tid) {
+                p.realtime = realtime;
+                switches.push((i, realtime));
+            }
+        }
+        // Call 8 is the 8th in a row after the first from thread 7; thread 8 at 12 ends the run;
+        // back to 7 at 14, whose 8th repeat is call 22.
+        assert_eq!(switches, [(8, true), (12, false), (22, true)]);
+        let mut denied = Priority {
+            allowed: false,
+            ..p
+        };
+        assert_eq!(denied.switch_for(9), None);
+    }
 
     #[test]
     fn proc_links_are_nul_terminated_paths() {

@@ -420,14 +420,18 @@ fn disable_switch_reports_disabled() {
     assert!(String::from_utf8_lossy(&output.stdout).contains("AVAILABILITY=ok"));
 }
 
-/// Helper for the test below: traces a shell that waits on stdin and prints the scheduling policy
-/// of the supervisor thread (the only `baton-trace` thread of this process) while it serves it.
+/// Helper for the test below: traces a shell that makes a run of calls from its one thread, then
+/// waits on stdin, and prints the scheduling policy of the supervisor thread (the only
+/// `baton-trace` thread of this process) while it waits.
 #[test]
 #[ignore = "run by supervisor_is_realtime_when_permitted"]
 fn supervisor_policy_child() {
     use std::io::{BufRead, Write};
     let mut cmd = command("sh");
-    cmd.args(["-c", "echo ready; read line"])
+    // Twenty `stat` calls from the shell's only thread (`[` is a builtin).
+    let probes = "for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do \
+                  [ -e /nonexistent-baton-$i ]; done";
+    cmd.args(["-c", &format!("{probes}; echo ready; read line")])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped());
     let (hook, supervisor) = baton_trace::start().expect("tracing available");
@@ -439,7 +443,7 @@ fn supervisor_policy_child() {
     let mut line = String::new();
     stdout.read_line(&mut line).expect("read ready");
     assert_eq!(line, "ready\n");
-    // The shell runs, so its exec was answered: the supervisor has set its policy by now.
+    // Every probe was answered before `ready`, so the supervisor has switched by now.
     let mut policies = Vec::new();
     for task in std::fs::read_dir("/proc/self/task").expect("list threads") {
         let task = task.expect("thread entry").path();
@@ -465,6 +469,8 @@ fn supervisor_policy_child() {
     println!("POLICIES={policies:?}");
 }
 
+/// A run of calls from one thread switches the supervisor to `SCHED_FIFO` when the process may use
+/// it (root, `CAP_SYS_NICE`, `RLIMIT_RTPRIO`), and never with `BATON_TRACE_REALTIME=0`.
 #[test]
 fn supervisor_is_realtime_when_permitted() {
     // Whether this process may use SCHED_FIFO at all, tried on a scratch thread.

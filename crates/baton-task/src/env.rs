@@ -66,27 +66,26 @@ pub struct TaskEnv {
 
 /// `true` when `name` matches `pattern` (`*` matches any run of characters).
 pub fn env_pattern_matches(pattern: &str, name: &str) -> bool {
-    if !pattern.contains('*') {
+    // No allocation: this runs for every parent variable against every pattern, per task.
+    let Some((first, mut pattern_rest)) = pattern.split_once('*') else {
         return pattern == name;
-    }
-    let parts: Vec<&str> = pattern.split('*').collect();
-    let mut rest = name;
-    for (i, part) in parts.iter().enumerate() {
-        if i == 0 {
-            match rest.strip_prefix(part) {
-                Some(r) => rest = r,
-                None => return false,
-            }
-        } else if i == parts.len() - 1 {
-            return rest.ends_with(part);
-        } else {
-            match rest.find(part) {
-                Some(pos) => rest = &rest[pos + part.len()..],
-                None => return false,
+    };
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    loop {
+        match pattern_rest.split_once('*') {
+            // The last part ends the name.
+            None => return rest.ends_with(pattern_rest),
+            Some((part, more)) => {
+                match rest.find(part) {
+                    Some(pos) => rest = &rest[pos + part.len()..],
+                    None => return false,
+                }
+                pattern_rest = more;
             }
         }
     }
-    rest.is_empty()
 }
 
 /// Hex blake3 digest of a value's raw bytes.
@@ -168,6 +167,11 @@ mod tests {
         assert!(env_pattern_matches("A*B*C", "AxxBC"));
         assert!(!env_pattern_matches("LC_*", "XLC_ALL"));
         assert!(!env_pattern_matches("PATH", "PATHX"));
+        assert!(env_pattern_matches("*", "ANY"));
+        assert!(env_pattern_matches("A**C", "ABC"));
+        assert!(!env_pattern_matches("A*B*C", "AxxCB"));
+        assert!(!env_pattern_matches("AB*BA", "ABA"));
+        assert!(env_pattern_matches("AB*BA", "ABBA"));
     }
 
     #[test]

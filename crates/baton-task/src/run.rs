@@ -1273,6 +1273,7 @@ async fn run_item(
         Some(server) => Some(server.finish().await),
         None => None,
     };
+    tracing::debug!(task = %task.id, item, "tool IPC finished");
     let duration = started.elapsed();
     // What tools asked to ignore is neither an automatic input nor an output.
     if let (Some(Ok(t)), Some(r)) = (run.trace.as_mut(), reports.as_ref()) {
@@ -1779,6 +1780,7 @@ async fn execute(
         Some(c) => c,
         None => process.wait().await.code_for_shell(),
     };
+    tracing::debug!(task = %task.id, item, "exited");
     // The task is over: whatever is left of its process group goes (no orphans), then the
     // tracer has seen everything.
     process.terminate();
@@ -1800,6 +1802,7 @@ async fn execute(
         }
         None => trace_error.map(Err),
     };
+    tracing::debug!(task = %task.id, item, "trace classified");
     Executed {
         exit_code: code,
         logs,

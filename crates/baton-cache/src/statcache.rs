@@ -23,11 +23,11 @@ pub(crate) const RACY_MARGIN_NS: i64 = 2_000_000_000;
 /// The stat values a cached hash is bound to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct StatKey {
-    size: u64,
-    mtime_ns: i64,
-    ctime_ns: i64,
-    ino: u64,
-    dev: u64,
+    pub(crate) size: u64,
+    pub(crate) mtime_ns: i64,
+    pub(crate) ctime_ns: i64,
+    pub(crate) ino: u64,
+    pub(crate) dev: u64,
 }
 
 #[cfg(unix)]
@@ -47,7 +47,7 @@ pub(crate) fn stat_key(_meta: &fs::Metadata) -> Option<StatKey> {
     None
 }
 
-fn now_ns() -> i64 {
+pub(crate) fn now_ns() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))

@@ -1,6 +1,6 @@
 //! The on-disk store: `meta.sqlite` + content-addressed blobs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Write};
@@ -21,7 +21,10 @@ use crate::fingerprint::{
     hash_file, is_absent, is_env_key, key_to_path, listing_digest, listing_entries, listing_hash,
 };
 use crate::miss::MissReason;
-use crate::statcache::{PENDING_FLUSH_AT, Pending, StatCache, abs_key, write_pending};
+use crate::statcache::{
+    PENDING_FLUSH_AT, Pending, RACY_MARGIN_NS, StatCache, StatKey, abs_key, now_ns, stat_key,
+    write_pending,
+};
 
 /// Version of the on-disk layout; the store lives in `<dir>/v{SCHEMA_VERSION}/`. Bump it whenever
 /// the layout or any encoding changes; old directories are then ignored (and removed by
@@ -241,6 +244,9 @@ struct Inner {
     conn: Mutex<Connection>,
     /// File hashes computed by this process, written with the next `put` or on drop.
     pending_hashes: Mutex<Pending>,
+    /// Hashes of files this process already read, by (device, inode), with the stat values
+    /// they were read under (see [`CacheStore::hash_once`]).
+    seen: Mutex<HashMap<(u64, u64), (StatKey, Digest)>>,
 }
 
 impl Drop for Inner {
@@ -344,7 +350,7 @@ impl CachedRun {
         };
         let hasher = |path: &Path, meta: &fs::Metadata| match &cache {
             Some(c) if meta.len() >= STAT_CACHE_MIN_BYTES => c.hash(path, &abs_key(path), meta),
-            _ => hash_file(path),
+            _ => self.store.hash_once(path, meta),
         };
         let needed = archive::plan_restore(root, &self.manifest, &hasher, &mut stats)?;
         if let Some(c) = cache {
@@ -579,6 +585,7 @@ impl CacheStore {
                 db_path,
                 conn: Mutex::new(conn),
                 pending_hashes: Mutex::new(Pending::new()),
+                seen: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -653,6 +660,36 @@ impl CacheStore {
         }
     }
 
+    /// The BLAKE3 of the file at `abs` whose metadata is `meta`, read at most once per process
+    /// while its stat values (size, mtime, ctime, inode, device) stay the same: the same file is
+    /// often an input of several tasks (a dependency's output, through each dependent's
+    /// `node_modules` link) and an output restored by its own task. Only files whose timestamps
+    /// are more than 2 s old when hashed are remembered, so a later write — which moves ctime to
+    /// now — never leaves the same stat values behind.
+    pub(crate) fn hash_once(&self, abs: &Path, meta: &fs::Metadata) -> io::Result<Digest> {
+        let Some(key) = stat_key(meta) else {
+            return hash_file(abs);
+        };
+        let id = (key.dev, key.ino);
+        let seen = || {
+            self.inner
+                .seen
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+        };
+        if let Some((k, d)) = seen().get(&id)
+            && *k == key
+        {
+            return Ok(*d);
+        }
+        let started = now_ns();
+        let digest = hash_file(abs)?;
+        if key.mtime_ns.max(key.ctime_ns) < started - RACY_MARGIN_NS {
+            seen().insert(id, (key, digest));
+        }
+        Ok(digest)
+    }
+
     /// Writes the file hashes remembered by [`CacheStore::fingerprint_paths`] and restores to
     /// `meta.sqlite` now (they are otherwise written with the next `put`, after 2048 of them,
     /// or when the last handle is dropped). Call before `std::process::exit`.
@@ -722,7 +759,7 @@ impl CacheStore {
                 let k = big.binary_search(&i).ok()?;
                 Some(c.hash(path, &keys[k], meta))
             });
-            match cached.unwrap_or_else(|| crate::fingerprint::hash_file(path)) {
+            match cached.unwrap_or_else(|| self.hash_once(path, meta)) {
                 Ok(hash) => Ok(PathState::File { hash }),
                 Err(e) if is_absent(&e) => Ok(PathState::Absent),
                 Err(e) => Err(e),

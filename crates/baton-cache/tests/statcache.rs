@@ -126,3 +126,39 @@ fn fresh_files_are_never_recorded() {
     let fp2 = store.fingerprint_paths(&root, &paths).unwrap();
     assert_ne!(fp2.get("src/a.ts"), fp.get("src/a.ts"));
 }
+
+#[test]
+fn a_small_file_rewritten_within_one_process_is_hashed_again() {
+    // Small files skip the database, but a process remembers the hashes it read by inode:
+    // a rewrite with the same size right after (same coarse timestamps) must not be served
+    // from that memory.
+    let tmp = tempfile::tempdir().unwrap();
+    let store = CacheStore::open(&tmp.path().join("cache")).unwrap();
+    let root = tmp.path();
+    fs::write(root.join("a.txt"), "one").unwrap();
+    let first = store.fingerprint_paths(root, &["a.txt"]).unwrap();
+    fs::write(root.join("a.txt"), "two").unwrap();
+    let second = store.fingerprint_paths(root, &["a.txt"]).unwrap();
+    assert_ne!(first, second);
+    assert_eq!(second, fingerprint_paths(root, &["a.txt"]).unwrap());
+}
+
+#[test]
+fn one_file_seen_through_two_paths_has_one_hash() {
+    // An old file reached directly and through a symlink (a dependency's output seen through
+    // a dependent's node_modules link) fingerprints the same both ways.
+    let tmp = tempfile::tempdir().unwrap();
+    let store = CacheStore::open(&tmp.path().join("cache")).unwrap();
+    let file = Path::new("/").join(old_system_file());
+    std::os::unix::fs::symlink(&file, tmp.path().join("link")).unwrap();
+    let direct = store
+        .fingerprint_paths(
+            Path::new("/"),
+            &[file.strip_prefix("/").unwrap().to_str().unwrap()],
+        )
+        .unwrap();
+    let linked = store.fingerprint_paths(tmp.path(), &["link"]).unwrap();
+    let d = direct.paths.values().next().copied();
+    assert!(matches!(d, Some(PathState::File { .. })));
+    assert_eq!(d, linked.paths.values().next().copied());
+}

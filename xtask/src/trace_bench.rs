@@ -352,9 +352,10 @@ pub fn run_bench(opts: &Options) -> Result<()> {
          so load from elsewhere on the machine spreads over all of them (load average before: \
          {load_before}, after: {load_after}, 2 cores). Baton traces every process of a task \
          (seccomp user notification) to find its inputs and outputs; `--no-cache` runs the same \
-         command through Baton without tracing or storing. The tracer's supervisor thread runs \
-         at real-time priority when allowed (root here); the last column turns that off \
-         (`BATON_TRACE_REALTIME=0`), as for a user without `CAP_SYS_NICE`.\n"
+         command through Baton without tracing or storing. While one thread of the task makes \
+         call after call, the tracer's supervisor thread runs at real-time priority when allowed \
+         (root here); the last column turns that off (`BATON_TRACE_REALTIME=0`), as for a user \
+         without `CAP_SYS_NICE`.\n"
     )?;
     writeln!(
         section,

@@ -623,19 +623,42 @@ async fn run_task(
             .unwrap_or_else(|e| e.into_inner())
             .take();
         let early_valid = traced && deps.iter().all(|d| d.clean);
-        let looked = match early {
+        // Otherwise a finished early lookup still stands when it missed for reasons no file
+        // can change (no entry for this spawn key, a different command or env): a cold run
+        // then asks the cache once per task, ahead of time, not again when a slot is free.
+        let early = match early {
+            Some(handle) if traced && !early_valid && handle.is_finished() => {
+                let looked = handle.await.expect("lookup does not panic");
+                if settled_miss(&looked) {
+                    Ok(looked)
+                } else {
+                    Err(None)
+                }
+            }
             Some(handle) if early_valid => {
                 let looked = handle.await.expect("lookup does not panic");
-                // Restoring needs the hits back from the blocking pool: one more trip.
-                let sh2 = sh.clone();
-                tokio::task::spawn_blocking(move || {
-                    let restores = restore_all(&sh2, &looked.res);
-                    (looked, restores)
-                })
-                .await
-                .expect("restore does not panic")
+                Ok(looked)
             }
-            early => {
+            other => Err(other),
+        };
+        let looked = match early {
+            Ok(looked) => {
+                let all_hit =
+                    matches!(&looked.res, Ok(l) if l.iter().all(|l| matches!(l, Lookup::Hit(_))));
+                if all_hit {
+                    // Restoring needs the hits back from the blocking pool: one more trip.
+                    let sh2 = sh.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let restores = restore_all(&sh2, &looked.res);
+                        (looked, restores)
+                    })
+                    .await
+                    .expect("restore does not panic")
+                } else {
+                    (looked, Vec::new())
+                }
+            }
+            Err(early) => {
                 if let Some(handle) = early {
                     handle.abort();
                 }
@@ -935,6 +958,35 @@ fn lookup_items(sh: &Shared, index: usize, deps: &DepInputs, traced: bool) -> Lo
         fp: fp.ok(),
         res,
     }
+}
+
+/// Whether every item of an early lookup missed for a reason that does not depend on the
+/// state of any file (so looking up again after the dependencies ran would miss the same way),
+/// and the task has no explicit input paths (whose fingerprint was taken early).
+fn settled_miss(looked: &Looked) -> bool {
+    let Ok(lookups) = &looked.res else {
+        return false;
+    };
+    looked.paths.is_empty()
+        && looked.fp.is_some()
+        && !lookups.is_empty()
+        && lookups.iter().all(|l| {
+            matches!(
+                l,
+                Lookup::Miss(
+                    MissReason::NotFound
+                        | MissReason::CommandChanged
+                        | MissReason::CwdChanged
+                        | MissReason::ProgramChanged
+                        | MissReason::ArgsChanged
+                        | MissReason::EnvAdded(_)
+                        | MissReason::EnvRemoved(_)
+                        | MissReason::EnvChanged(_)
+                        | MissReason::InputConfigChanged
+                        | MissReason::OutputConfigChanged
+                )
+            )
+        })
 }
 
 /// Restores the outputs of every item when all of them hit (stops at the first failure);

@@ -366,15 +366,28 @@ pub async fn run_plan(
     cancel: CancelHandle,
 ) -> Result<RunSummary, RunError> {
     let started = Instant::now();
-    let mut selections = Vec::with_capacity(plan.tasks.len());
+    let mut selections: Vec<FileSelection> = Vec::with_capacity(plan.tasks.len());
+    // Tasks usually share their globs (`taskDefaults`): compile each distinct pair once.
+    let mut compiled: Vec<(usize, FileSelection)> = Vec::new();
     for t in &plan.tasks {
-        let sel = FileSelection::new(t.config.input.as_deref(), t.config.output.as_deref())
-            .map_err(|(field, glob, message)| crate::PlanError::BadGlob {
+        let (input, output) = (t.config.input.as_deref(), t.config.output.as_deref());
+        let same = |&&(i, _): &&(usize, FileSelection)| {
+            let c = &plan.tasks[i].config;
+            c.input.as_deref() == input && c.output.as_deref() == output
+        };
+        if let Some((_, sel)) = compiled.iter().find(same) {
+            selections.push(sel.clone());
+            continue;
+        }
+        let sel = FileSelection::new(input, output).map_err(|(field, glob, message)| {
+            crate::PlanError::BadGlob {
                 task: t.id.clone(),
                 field,
                 glob,
                 message,
-            })?;
+            }
+        })?;
+        compiled.push((t.index, sel.clone()));
         selections.push(sel);
     }
     // Packages nested inside a task's package (the root package usually) are not its files.

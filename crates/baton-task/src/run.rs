@@ -1330,7 +1330,8 @@ async fn run_item(
         }
     };
     tracing::debug!(task = %task.id, item, trace, "spawning");
-    let mut run = execute(sh, task, item, spec, trace).await;
+    let last = item + 1 == task.items.len();
+    let mut run = execute(sh, task, item, spec, trace, (ctx.slot, last)).await;
     if item + 1 == task.items.len() || run.exit_code != 0 {
         ctx.slot.release();
     }
@@ -1747,13 +1748,16 @@ struct Executed {
     trace: Option<Result<TracedAccesses, String>>,
 }
 
-/// Spawns the item (traced when asked), streams its output to the reporter, records it.
+/// Spawns the item (traced when asked), streams its output to the reporter, records it. The
+/// slot is released as soon as the process group is gone when this is the task's last item
+/// (`slot.1`) or it failed: the tracer's log is read while the next task starts.
 async fn execute(
     sh: &Arc<Shared>,
     task: &PlannedTask,
     item: usize,
     spec: CommandSpec,
     trace: bool,
+    slot: (&Slot, bool),
 ) -> Executed {
     let program = spec.program.clone();
     let mut supervisor = None;
@@ -1851,6 +1855,9 @@ async fn execute(
     process.terminate();
     drop(events);
     drop(process);
+    if slot.1 || code != 0 {
+        slot.0.release();
+    }
     let trace = match supervisor {
         Some(sup) => {
             let root = sh.ws.root.clone();

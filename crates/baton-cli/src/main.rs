@@ -67,6 +67,9 @@ pub(crate) fn init_logging(default: Option<&str>) {
         .with_env_filter(filter)
         .with_timer(tracing_subscriber::fmt::time::uptime())
         .with_writer(std::io::stderr)
+        // When stderr is gone (`2>&1 | head`), tracing-subscriber would report the failed
+        // write with `eprintln!`, which panics inside whatever task logged.
+        .log_internal_errors(false)
         .try_init();
 }
 

@@ -453,3 +453,40 @@ fn assert_slow_tree_gone(f: &Fixture) {
         assert!(!pid_alive(pid), "{name} {pid} survived");
     }
 }
+
+/// `baton run … 2>&1 | head -1` with debug logging: the reader goes away after one line and
+/// every later write to stderr fails. The run still finishes (it used to hang: the logger's
+/// error report panicked inside a task).
+#[test]
+fn a_closed_stderr_does_not_hang_the_run() {
+    use std::io::{BufRead as _, BufReader};
+    let f = chain();
+    let mut child = f
+        .command(
+            "",
+            &["run", "build", "-r"],
+            &[("BATON_LOG", "baton_task=debug")],
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut first = String::new();
+    BufReader::new(child.stderr.take().expect("stderr"))
+        .read_line(&mut first)
+        .expect("one line");
+    // The reader is dropped here: stderr is now a broken pipe.
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    let Ok(status) = rx.recv_timeout(std::time::Duration::from_secs(60)) else {
+        // SAFETY: kill(2) of our own hung child.
+        unsafe { nix::libc::kill(pid as i32, nix::libc::SIGKILL) };
+        panic!("baton run hung after its stderr closed");
+    };
+    let status = status.expect("wait");
+    assert!(status.success(), "{status:?}");
+    assert!(!f.read("packages/c/dist/c.txt").is_empty());
+}

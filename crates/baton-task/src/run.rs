@@ -295,6 +295,20 @@ impl Shared {
     }
 }
 
+/// The result reported for a task whose run panicked: exit code 1, not cached.
+fn panicked_result(task: usize, task_id: String) -> ItemResult {
+    ItemResult {
+        task,
+        task_id,
+        item: 0,
+        cache: CacheStatus::Disabled("internal error".into()),
+        exit_code: 1,
+        interrupted: false,
+        duration: Duration::ZERO,
+        saved: Duration::ZERO,
+    }
+}
+
 impl TaskOutcome {
     fn failed() -> Self {
         TaskOutcome {
@@ -513,14 +527,35 @@ pub async fn run_plan(
                 let tx = done_tx.clone();
                 busy += 1;
                 in_flight += 1;
-                tokio::spawn(async move {
+                let task_id = plan.tasks[i].id.clone();
+                let slot_tx = tx.clone();
+                let task = tokio::spawn(async move {
                     let slot = Slot {
-                        tx: tx.clone(),
+                        tx: slot_tx,
                         task: i,
                         released: AtomicBool::new(false),
                     };
-                    let (outcome, results) = run_task(&sh, i, dep_outcomes, &slot).await;
-                    let _ = tx.send(SchedMsg::Done(i, outcome, results));
+                    run_task(&sh, i, dep_outcomes, &slot).await
+                });
+                // A task that panics (a bug) fails like a failing command instead of leaving
+                // the scheduler waiting for its `Done` forever.
+                tokio::spawn(async move {
+                    let msg = match task.await {
+                        Ok((outcome, results)) => SchedMsg::Done(i, outcome, results),
+                        Err(e) => {
+                            tracing::error!(task = %task_id, error = %e, "internal error: the task panicked");
+                            let _ = std::io::Write::write_all(
+                                &mut std::io::stderr(),
+                                format!("baton: internal error in {task_id}: {e}\n").as_bytes(),
+                            );
+                            SchedMsg::Done(
+                                i,
+                                TaskOutcome::failed(),
+                                vec![panicked_result(i, task_id)],
+                            )
+                        }
+                    };
+                    let _ = tx.send(msg);
                 });
             }
         }

@@ -510,72 +510,37 @@ async fn a_restarted_exec_server_gets_a_new_session() {
 }
 
 /// A backend with one exec-server runtime (`build1` at `url`, workspace `root`) on its own
-/// thread and Tokio runtime, so the test can make it vanish like a crashed process.
-struct IsolatedBackend {
-    addr: SocketAddr,
-    stop: Option<std::sync::mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl IsolatedBackend {
-    fn start(data: &std::path::Path, url: &str, root: &std::path::Path) -> Self {
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-        let (data, url, root) = (data.to_path_buf(), url.to_owned(), root.to_path_buf());
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async {
-                let destination = parse_destination(
-                    "build1",
-                    &url,
-                    &DestinationOptions {
-                        workspace: Some(root.clone()),
-                        ..Default::default()
-                    },
-                )
-                .expect("destination");
-                let runtime = Arc::new(RunnerRuntime::new(
-                    "build1",
-                    Arc::new(ExecServerProvider::new(&data.join("runners")).expect("provider")),
-                    destination,
-                    GUARD,
-                ));
-                let backend =
-                    Backend::open(BackendConfig::new(&data), vec![runtime]).expect("backend");
-                backend.recover().await;
-                addr_tx.send(serve(&backend).await).expect("send addr");
-            });
-            let _ = stop_rx.recv();
-            // Every task is dropped: the exec-server connection closes without a goodbye.
-            rt.shutdown_timeout(Duration::from_secs(10));
-        });
-        let addr = addr_rx.recv_timeout(GUARD).expect("backend address");
-        Self {
-            addr,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        }
-    }
-
-    fn kill(mut self) {
-        self.stop.take();
-        if let Some(t) = self.thread.take() {
-            t.join().expect("backend thread");
-        }
-    }
-}
-
-impl Drop for IsolatedBackend {
-    fn drop(&mut self) {
-        self.stop.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+/// thread and Tokio runtime ([`TestServer`]), so the test can make it vanish like a crashed
+/// process.
+fn backend_with_exec_runtime(
+    data: &std::path::Path,
+    url: &str,
+    root: &std::path::Path,
+) -> TestServer {
+    let (store, url, root) = (data.join("runners"), url.to_owned(), root.to_path_buf());
+    TestServer::start_with(
+        data,
+        baton_backend::Retention::default(),
+        None,
+        "127.0.0.1:0".parse().expect("addr"),
+        move || {
+            let destination = parse_destination(
+                "build1",
+                &url,
+                &DestinationOptions {
+                    workspace: Some(root),
+                    ..Default::default()
+                },
+            )
+            .expect("destination");
+            vec![Arc::new(RunnerRuntime::new(
+                "build1",
+                Arc::new(ExecServerProvider::new(&store).expect("provider")),
+                destination,
+                GUARD,
+            )) as Arc<dyn Runtime>]
+        },
+    )
 }
 
 /// The backend dies while a worker on an exec-server runtime prints; the worker keeps running
@@ -590,7 +555,7 @@ async fn workers_on_an_exec_server_survive_a_backend_restart() {
     let url = format!("ws://{exec_addr}");
     let data = tempfile::tempdir().expect("tempdir");
 
-    let first = IsolatedBackend::start(data.path(), &url, &root_path);
+    let first = backend_with_exec_runtime(data.path(), &url, &root_path);
     let (status, summary) = http(
         first.addr,
         "POST",
@@ -613,7 +578,7 @@ async fn workers_on_an_exec_server_survive_a_backend_restart() {
     drop(ws);
     first.kill();
 
-    let second = IsolatedBackend::start(data.path(), &url, &root_path);
+    let second = backend_with_exec_runtime(data.path(), &url, &root_path);
     let mut ws = observe(second.addr, "build1", &w, Some("bo_0000000000000000")).await;
     let mut events = events_until(&mut ws, |p| p["code"] == "backend.worker_reattached").await;
     events.extend(
@@ -678,7 +643,7 @@ async fn events_dropped_while_the_backend_was_away_are_reported_as_a_gap() {
     .await;
     let url = format!("ws://{exec_addr}");
     let data = tempfile::tempdir().expect("tempdir");
-    let first = IsolatedBackend::start(data.path(), &url, &root_path);
+    let first = backend_with_exec_runtime(data.path(), &url, &root_path);
     // Waits for `go`, prints 64 chunks of 1 KiB, says so on disk, then prints `after`.
     let script = "echo waiting; while [ ! -f go ]; do sleep 0.01; done; \
                   for i in $(seq 1 64); do head -c 1023 /dev/zero | tr '\\0' x; echo; sleep 0.001; done; \
@@ -710,7 +675,7 @@ async fn events_dropped_while_the_backend_was_away_are_reported_as_a_gap() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let second = IsolatedBackend::start(data.path(), &url, &root_path);
+    let second = backend_with_exec_runtime(data.path(), &url, &root_path);
     let mut ws = observe(second.addr, "build1", &w, Some("bo_0000000000000000")).await;
     let mut events = events_until(&mut ws, |p| p["code"] == "backend.output_gap").await;
     std::fs::write(root_path.join("finish"), "").expect("finish");

@@ -35,6 +35,21 @@ impl TestServer {
         token: Option<&str>,
         at: SocketAddr,
     ) -> Self {
+        Self::start_with(data, retention, token, at, Vec::new)
+    }
+
+    /// As [`TestServer::start_at`] with extra runtimes, made on the server's own Tokio runtime
+    /// by `runtimes`; [`Backend::recover`] runs before the server answers.
+    pub fn start_with<F>(
+        data: &Path,
+        retention: Retention,
+        token: Option<&str>,
+        at: SocketAddr,
+        runtimes: F,
+    ) -> Self
+    where
+        F: FnOnce() -> Vec<std::sync::Arc<dyn baton_backend::Runtime>> + Send + 'static,
+    {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
         let data: PathBuf = data.to_path_buf();
@@ -53,7 +68,8 @@ impl TestServer {
                 let mut config = BackendConfig::new(&data);
                 config.retention = retention;
                 config.default_cwd = std::env::temp_dir();
-                let backend = Backend::open(config, Vec::new()).expect("open backend");
+                let backend = Backend::open(config, runtimes()).expect("open backend");
+                backend.recover().await;
                 let listener = baton_backend::bind(at, &options).await.expect("bind");
                 addr_tx
                     .send(listener.local_addr().expect("addr"))

@@ -655,6 +655,23 @@ impl BackendHttp {
         serde_json::from_slice(&body).map_err(|source| BackendClientError::Decode { url, source })
     }
 
+    /// [`BackendHttp::call`], decoded as `T`.
+    ///
+    /// # Errors
+    /// As [`BackendHttp::call`]; [`BackendClientError::Decode`] when the answer is not a `T`.
+    async fn call_as<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<T, BackendClientError> {
+        let v = self.call(method, path, body).await?;
+        serde_json::from_value(v).map_err(|source| BackendClientError::Decode {
+            url: format!("{}{path}", self.base_url),
+            source,
+        })
+    }
+
     /// `GET /api/workers` → the `workers` array.
     ///
     /// # Errors
@@ -673,12 +690,8 @@ impl BackendHttp {
     pub async fn list_runtimes(
         &self,
     ) -> Result<Vec<baton_protocol::backend::RuntimeSummary>, BackendClientError> {
-        let v = self.call("GET", "/api/runtimes", None).await?;
         let list: baton_protocol::backend::RuntimeList =
-            serde_json::from_value(v).map_err(|source| BackendClientError::Decode {
-                url: format!("{}/api/runtimes", self.base_url),
-                source,
-            })?;
+            self.call_as("GET", "/api/runtimes", None).await?;
         Ok(list.runtimes)
     }
 
@@ -707,22 +720,15 @@ impl BackendHttp {
         action: &str,
         reason: Option<&str>,
     ) -> Result<OperationResult, BackendClientError> {
-        let path = format!(
-            "/api/runtimes/{}/workers/{}/{action}",
-            encode(runtime_id),
-            encode(worker_id)
-        );
-        let url = path.clone();
-        let v = self
-            .call(
-                "POST",
-                &path,
-                Some(&serde_json::json!(LifecycleRequest {
-                    reason: reason.map(str::to_owned),
-                })),
-            )
-            .await?;
-        serde_json::from_value(v).map_err(|source| BackendClientError::Decode { url, source })
+        let body = serde_json::json!(LifecycleRequest {
+            reason: reason.map(str::to_owned),
+        });
+        self.call_as(
+            "POST",
+            &worker_path(runtime_id, worker_id, action),
+            Some(&body),
+        )
+        .await
     }
 
     /// `POST …/workers/{w}/input` with `{kind, content}` (`kind`: `user` or `system`).
@@ -736,20 +742,13 @@ impl BackendHttp {
         kind: &str,
         content: &str,
     ) -> Result<OperationResult, BackendClientError> {
-        let path = format!(
-            "/api/runtimes/{}/workers/{}/input",
-            encode(runtime_id),
-            encode(worker_id)
-        );
-        let url = path.clone();
-        let v = self
-            .call(
-                "POST",
-                &path,
-                Some(&serde_json::json!({ "kind": kind, "content": content })),
-            )
-            .await?;
-        serde_json::from_value(v).map_err(|source| BackendClientError::Decode { url, source })
+        let body = serde_json::json!({ "kind": kind, "content": content });
+        self.call_as(
+            "POST",
+            &worker_path(runtime_id, worker_id, "input"),
+            Some(&body),
+        )
+        .await
     }
 
     /// `GET …/transcript?start&limit`.
@@ -763,15 +762,22 @@ impl BackendHttp {
         start: u64,
         limit: usize,
     ) -> Result<Transcript, BackendClientError> {
-        let path = format!(
-            "/api/runtimes/{}/workers/{}/transcript?start={start}&limit={limit}",
-            encode(runtime_id),
-            encode(worker_id)
+        let path = worker_path(
+            runtime_id,
+            worker_id,
+            &format!("transcript?start={start}&limit={limit}"),
         );
-        let url = path.clone();
-        let v = self.call("GET", &path, None).await?;
-        serde_json::from_value(v).map_err(|source| BackendClientError::Decode { url, source })
+        self.call_as("GET", &path, None).await
     }
+}
+
+/// `/api/runtimes/{rt}/workers/{w}/{rest}` with both ids percent-encoded.
+fn worker_path(runtime_id: &str, worker_id: &str, rest: &str) -> String {
+    format!(
+        "/api/runtimes/{}/workers/{}/{rest}",
+        encode(runtime_id),
+        encode(worker_id)
+    )
 }
 
 /// Whether `raw` holds a whole response: a chunked body with its last chunk, or at least

@@ -352,23 +352,17 @@ async fn runner_runtime_runs_tty_workers_and_cancel_interrupts() {
 
     let script = "trap 'echo got-int; exit 3' INT; [ -t 0 ] && echo on-a-tty; pwd; echo ready; \
                   while :; do sleep 0.05; done";
-    let (status, summary) = http(
+    let summary = spawn_worker_on(
         addr,
-        "POST",
-        "/api/runtimes/box/workers",
-        Some(&json!({"argv": ["sh", "-c", script], "tty": true}).to_string()),
-        None,
+        "box",
+        json!({"argv": ["sh", "-c", script], "tty": true}),
     )
     .await;
-    assert_eq!(status, 201, "{summary}");
     assert_eq!(runtime.state(), "available");
     assert_eq!(summary["cwd"], workspace.display().to_string());
     let w = summary["worker_id"].as_str().expect("id").to_owned();
     let mut obs = observe(addr, "box", &w, Some("bo_0000000000000000")).await;
-    let mut events = events_until(&mut obs, |p| {
-        p["type"] == "output" && p["text"].as_str().is_some_and(|t| t.contains("ready"))
-    })
-    .await;
+    let mut events = events_until_output(&mut obs, "ready").await;
     let (status, r) = http(
         addr,
         "POST",
@@ -571,22 +565,14 @@ async fn workers_on_an_exec_server_survive_a_backend_restart() {
     assert_eq!(status, 201, "{summary}");
     let w = summary["worker_id"].as_str().expect("id").to_owned();
     let mut ws = observe(first.addr, "build1", &w, Some("bo_0000000000000000")).await;
-    events_until(&mut ws, |p| {
-        p["type"] == "output" && p["text"].as_str().is_some_and(|t| t.contains("line 50\n"))
-    })
-    .await;
+    events_until_output(&mut ws, "line 50\n").await;
     drop(ws);
     first.kill();
 
     let second = backend_with_exec_runtime(data.path(), &url, &root_path);
     let mut ws = observe(second.addr, "build1", &w, Some("bo_0000000000000000")).await;
     let mut events = events_until(&mut ws, |p| p["code"] == "backend.worker_reattached").await;
-    events.extend(
-        events_until(&mut ws, |p| {
-            p["type"] == "output" && p["text"].as_str().is_some_and(|t| t.contains("line 300\n"))
-        })
-        .await,
-    );
+    events.extend(events_until_output(&mut ws, "line 300\n").await);
     let (status, r) = http(
         second.addr,
         "POST",
@@ -648,21 +634,15 @@ async fn events_dropped_while_the_backend_was_away_are_reported_as_a_gap() {
     let script = "echo waiting; while [ ! -f go ]; do sleep 0.01; done; \
                   for i in $(seq 1 64); do head -c 1023 /dev/zero | tr '\\0' x; echo; sleep 0.001; done; \
                   touch burst-done; while [ ! -f finish ]; do sleep 0.01; done; echo after";
-    let (status, summary) = http(
+    let summary = spawn_worker_on(
         first.addr,
-        "POST",
-        "/api/runtimes/build1/workers",
-        Some(&json!({"argv": ["sh", "-c", script], "cwd": root_path}).to_string()),
-        None,
+        "build1",
+        json!({"argv": ["sh", "-c", script], "cwd": root_path}),
     )
     .await;
-    assert_eq!(status, 201, "{summary}");
     let w = summary["worker_id"].as_str().expect("id").to_owned();
     let mut ws = observe(first.addr, "build1", &w, Some("bo_0000000000000000")).await;
-    events_until(&mut ws, |p| {
-        p["type"] == "output" && p["text"].as_str().is_some_and(|t| t.contains("waiting"))
-    })
-    .await;
+    events_until_output(&mut ws, "waiting").await;
     drop(ws);
     first.kill();
 

@@ -39,10 +39,7 @@ async fn routes_status_codes_and_shapes() {
 
     // Observe from the very beginning.
     let mut ws = observe(addr, "local", &w, Some("bo_0000000000000000")).await;
-    let first = events_until(&mut ws, |p| {
-        p["type"] == "output" && p["text"].as_str().is_some_and(|t| t.contains("hello"))
-    })
-    .await;
+    let first = events_until_output(&mut ws, "hello").await;
     assert_eq!(first[0]["payload"]["type"], "spawned");
     assert_eq!(first[0]["payload"]["env_names"], json!(["SECRET_NAME"]));
 
@@ -439,10 +436,7 @@ async fn transcript_grows_between_requests_like_a_fresh_projection() {
     )
     .await;
     assert_eq!(status, 200);
-    events_until(&mut ws, |p| {
-        p["type"] == "output" && p["text"].as_str().is_some_and(|t| t.contains("three"))
-    })
-    .await;
+    events_until_output(&mut ws, "three").await;
     let (_, second) = http(addr, "GET", &path, None, None).await;
     let expected = vec![
         pair("assistant", "one"),

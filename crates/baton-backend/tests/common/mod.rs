@@ -232,16 +232,29 @@ pub fn output_text(envelopes: &[Value]) -> String {
 }
 
 pub async fn spawn_worker(addr: SocketAddr, body: Value) -> Value {
+    spawn_worker_on(addr, "local", body).await
+}
+
+/// Spawns a worker on runtime `rt` and returns its summary (asserting 201).
+pub async fn spawn_worker_on(addr: SocketAddr, rt: &str, body: Value) -> Value {
     let (status, summary) = http(
         addr,
         "POST",
-        "/api/runtimes/local/workers",
+        &format!("/api/runtimes/{rt}/workers"),
         Some(&body.to_string()),
         None,
     )
     .await;
     assert_eq!(status, 201, "{summary}");
     summary
+}
+
+/// Reads event frames until an `output` event whose text contains `needle`.
+pub async fn events_until_output(ws: &mut Ws, needle: &str) -> Vec<Value> {
+    events_until(ws, |p| {
+        p["type"] == "output" && p["text"].as_str().is_some_and(|t| t.contains(needle))
+    })
+    .await
 }
 
 pub async fn send_ws_text(ws: &mut Ws, text: &str) {
